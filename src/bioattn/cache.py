@@ -1,0 +1,35 @@
+"""The user cache directory, where trained default models and detectors are kept."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def cache_dir() -> Path:
+    """Return the cache root: ``$BIOATTN_CACHE``, else ``$XDG_CACHE_HOME/bioattn``, else ``~/.cache/bioattn``."""
+    env = os.environ.get("BIOATTN_CACHE")
+    if env:
+        root = Path(env)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg) if xdg else Path.home() / ".cache") / "bioattn"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """A short stable hash of JSON-serialisable settings, used to key cache entries."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

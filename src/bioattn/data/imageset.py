@@ -1,0 +1,63 @@
+"""The in-memory stimulus set that every loader returns and every experiment consumes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from bioattn.errors import CategoryError
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images with integer category labels.
+
+    ``images`` are float32 of shape (N, C, H, W) with pixel values in [0, 1] (not normalised:
+    each model normalises its own input). ``labels[i]`` indexes ``categories``. ``split`` records
+    where the images came from ("train", "test", or a folder name) so that test sets can refuse
+    training images.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    categories: tuple[str, ...]
+    split: str
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(
+                f"labels must have shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, index: torch.Tensor | Sequence[int]) -> ImageSet:
+        """The images at ``index`` (same categories and split)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ImageSet(self.images[index], self.labels[index], self.categories, self.split)
+
+    def category_index(self, category: str | int) -> int:
+        """Resolve a category name (or index) to its index; unknown names list the valid ones."""
+        return resolve_category(category, self.categories)
+
+
+def resolve_category(category: str | int, categories: Sequence[str]) -> int:
+    """Index of ``category`` in ``categories``; accepts a name, an index, or a numeric string."""
+    if isinstance(category, int) or (isinstance(category, str) and category.isdigit()):
+        index = int(category)
+        if 0 <= index < len(categories):
+            return index
+        raise CategoryError(
+            f"category index {index} is out of range: valid indices are 0..{len(categories) - 1}"
+        )
+    lowered = [c.lower() for c in categories]
+    if category.lower() in lowered:
+        return lowered.index(category.lower())
+    raise CategoryError(
+        f"unknown category {category!r}; valid categories are: {', '.join(categories)}"
+    )
