@@ -10,7 +10,7 @@ from typing import Any
 
 
 def cache_dir() -> Path:
-    """Return the cache root: ``$BIOATTN_CACHE``, else ``$XDG_CACHE_HOME/bioattn``, else ``~/.cache/bioattn``."""
+    """Cache root: ``$BIOATTN_CACHE``, else ``$XDG_CACHE_HOME/bioattn`` or ``~/.cache/bioattn``."""
     env = os.environ.get("BIOATTN_CACHE")
     if env:
         root = Path(env)
