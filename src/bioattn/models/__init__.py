@@ -1,0 +1,35 @@
+"""Models: the zoo (default Fashion-MNIST net, VGG-16, user callables), weights and layer names."""
+
+from __future__ import annotations
+
+from bioattn.models.network import LayerInfo, Network, discover_layers
+from bioattn.models.weights import load_state_dict_file, load_weights, save_weights
+from bioattn.models.zoo import (
+    FASHION_CATEGORIES,
+    FASHION_MEAN,
+    FASHION_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VGG16,
+    FashionVGG,
+    build_network,
+    list_models,
+)
+
+__all__ = [
+    "FASHION_CATEGORIES",
+    "FASHION_MEAN",
+    "FASHION_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "VGG16",
+    "FashionVGG",
+    "LayerInfo",
+    "Network",
+    "build_network",
+    "discover_layers",
+    "list_models",
+    "load_state_dict_file",
+    "load_weights",
+    "save_weights",
+]
