@@ -1,0 +1,303 @@
+"""The ``bioattn`` command line: one entry point, one subcommand per job.
+
+Every subcommand wraps a function of the Python API; see ``bioattn COMMAND --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bioattn.errors import BioattnError, ConfigError
+
+if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command runs
+    from bioattn.experiments.sweep import SweepConfig
+    from bioattn.models.train import TrainSettings
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in _csv(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0,0.5,1,2; got {text!r}"
+        ) from error
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder holding the Fashion-MNIST IDX files (default: $BIOATTN_DATA, then "
+        "/usr/share/datasets/fashion-mnist)",
+    )
+
+
+def _add_training(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs")
+
+
+def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
+    from bioattn.experiments.sweep import DEFAULT_BETAS, DEFAULT_METHODS
+
+    parser.add_argument(
+        "--image-types",
+        type=_csv,
+        default=("merged", "array"),
+        help="comma-separated image types: merged, array, standard, noise (default merged,array)",
+    )
+    parser.add_argument(
+        "--categories", type=_csv, default=None, help="comma-separated categories (default all)"
+    )
+    parser.add_argument(
+        "--layers",
+        type=_csv,
+        default=None,
+        help="comma-separated layers: dotted paths, aliases (conv2_1) or numbers (default all)",
+    )
+    parser.add_argument(
+        "--betas",
+        type=_floats,
+        default=DEFAULT_BETAS,
+        help=f"comma-separated attention strengths; 0 is always added (default "
+        f"{','.join(map(str, DEFAULT_BETAS))})",
+    )
+    parser.add_argument(
+        "--methods",
+        type=_csv,
+        default=DEFAULT_METHODS,
+        help="comma-separated methods: tuning, gradient, uniform, shuffled-tuning, "
+        "shuffled-gradient, response-tuning, gradient-positive, ... (default tuning,gradient)",
+    )
+    parser.add_argument(
+        "--no-all-layers", action="store_true", help="skip the all-layers (β/10) condition"
+    )
+    parser.add_argument("--n-pos", type=int, default=75, help="positives per category (75)")
+    parser.add_argument("--n-neg", type=int, default=75, help="negatives per category (75)")
+    parser.add_argument("--snr", type=float, default=None, help="SNR for the noise image type")
+    parser.add_argument("--sweep-seed", type=int, default=0, help="seed of the test sets (0)")
+
+
+def _sweep_config(args: argparse.Namespace) -> SweepConfig:
+    from bioattn.experiments.sweep import SweepConfig
+
+    return SweepConfig(
+        image_types=args.image_types,
+        categories=args.categories,
+        layers=args.layers,
+        all_layers=not args.no_all_layers,
+        betas=args.betas,
+        methods=args.methods,
+        n_pos=args.n_pos,
+        n_neg=args.n_neg,
+        seed=args.sweep_seed,
+        snr=args.snr,
+    )
+
+
+def _train_settings(args: argparse.Namespace) -> TrainSettings:
+    from dataclasses import replace
+
+    from bioattn.models.train import TrainSettings
+
+    settings = replace(TrainSettings(), seed=args.seed)
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+        settings = replace(settings, epochs=args.epochs)
+    return settings
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or load from the cache) the default network and report its accuracy."""
+    from bioattn.models.train import load_default
+
+    trained = load_default(_train_settings(args), args.data_dir, retrain=args.retrain)
+    metrics = trained.metrics
+    print(f"model cached in {trained.path}")
+    print(f"test accuracy (10-way): {metrics['test_accuracy']:.4f}")
+    print(f"training time: {metrics['train_seconds']:.0f} s")
+    print("detector balanced accuracy on standard test images:")
+    for name, accuracy in metrics["detector_balanced_accuracy"].items():
+        print(f"  {name:12s} {accuracy:.3f}")
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    """List a model's attendable layers."""
+    from bioattn.models.zoo import build_network
+
+    network = build_network(args.model, weights=args.weights)
+    print(f"{'#':>3}  {'alias':8s}  {'module':24s}  {'activation':24s}  maps")
+    for layer in network.layers:
+        print(
+            f"{layer.number:>3}  {layer.alias:8s}  {layer.name:24s}  {layer.activation:24s}  "
+            f"{layer.channels}"
+        )
+    return 0
+
+
+def cmd_values(args: argparse.Namespace) -> int:
+    """Compute tuning and gradient values of the default network."""
+    from bioattn.attention.values import save_values
+    from bioattn.data.fashion_mnist import load_fashion_mnist
+    from bioattn.experiments.replication import compute_values
+    from bioattn.models.train import load_default
+
+    trained = load_default(_train_settings(args), args.data_dir)
+    train = load_fashion_mnist("train", args.data_dir)
+    values = compute_values(trained.network, trained.detectors, train, args.image_types)
+    path = save_values(values, args.out)
+    print(f"values written to {path}: {', '.join(map(str, values.data_vars))}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Sweep attention over layers × β × categories × methods on the default network."""
+    from bioattn.attention.values import load_values
+    from bioattn.data.fashion_mnist import load_fashion_mnist
+    from bioattn.experiments.replication import format_summary, plot_run, write_tables
+    from bioattn.experiments.sweep import run_sweep
+    from bioattn.models.train import load_default
+
+    config = _sweep_config(args)
+    trained = load_default(_train_settings(args), args.data_dir)
+    values = load_values(args.values, trained.network)
+    test = load_fashion_mnist("test", args.data_dir)
+    table = run_sweep(trained.network, trained.detectors, values, test, config)
+    _gains, summary = write_tables(table, Path(args.out))
+    plot_run(args.out)
+    print(format_summary(summary))
+    print(f"results written to {args.out}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Redraw the figures of a results folder."""
+    from bioattn.experiments.replication import plot_run
+
+    for path in plot_run(args.run_dir):
+        print(path)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole replication on the embedded default (Fashion-MNIST)."""
+    from dataclasses import replace
+
+    from bioattn.experiments.replication import format_summary, run_replication
+
+    config = _sweep_config(args)
+    if args.quick:
+        config = replace(
+            config,
+            categories=config.categories or ("Trouser", "Bag"),
+            betas=(0.0, 0.5, 2.0),
+            n_pos=20,
+            n_neg=20,
+        )
+    started = time.perf_counter()
+    result = run_replication(args.out, config, _train_settings(args), args.data_dir)
+    metrics = result["metrics"]
+    print()
+    print(
+        f"default network: test accuracy {metrics['test_accuracy']:.4f}; detector balanced "
+        f"accuracy {min(metrics['detector_balanced_accuracy'].values()):.3f}–"
+        f"{max(metrics['detector_balanced_accuracy'].values()):.3f}"
+    )
+    print(
+        "performance increase from attention, percentage points (mean ± SEM across "
+        "categories; best β per category):"
+    )
+    print(format_summary(result["summary"]))
+    print(
+        f"\nresults in {args.out} (figures in {Path(args.out) / 'figures'}); "
+        f"took {time.perf_counter() - started:.0f} s"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="bioattn",
+        description="Biologically inspired attention (feature similarity gain) in CNNs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train (or load) the default Fashion-MNIST network")
+    _add_data_dir(p)
+    _add_training(p)
+    p.add_argument("--retrain", action="store_true", help="ignore the cache and train again")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("layers", help="list a model's attendable layers")
+    p.add_argument("model", help="fashion-vgg, vgg16, or package.module:callable")
+    p.add_argument("--weights", default=None, help="weights file (.safetensors or .pth)")
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("values", help="compute tuning and gradient values")
+    _add_data_dir(p)
+    _add_training(p)
+    p.add_argument("--out", type=Path, default=Path("values.nc"), help="netCDF file to write")
+    p.add_argument(
+        "--image-types",
+        type=_csv,
+        default=("merged", "array"),
+        help="image types for gradient values (default merged,array)",
+    )
+    p.set_defaults(func=cmd_values)
+
+    p = sub.add_parser("sweep", help="sweep attention and measure detection performance")
+    _add_data_dir(p)
+    _add_training(p)
+    _add_sweep_options(p)
+    p.add_argument("--values", type=Path, required=True, help="values file from `bioattn values`")
+    p.add_argument("--out", type=Path, default=Path("runs/sweep"), help="results folder")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("plot", help="draw the figures of a results folder")
+    p.add_argument("run_dir", type=Path, help="results folder")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("demo", help="the whole replication on the embedded default")
+    _add_data_dir(p)
+    _add_training(p)
+    _add_sweep_options(p)
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="results folder")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small version (2 categories, 3 β values, 20+20 images) for a smoke test",
+    )
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; errors the user can fix are printed as one message (exit status 2)."""
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("default")
+    try:
+        return args.func(args)
+    except BioattnError as error:
+        print(f"bioattn {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bioattn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""Sweeps: detection performance over layers × β × categories × methods × image types.
+
+A *method* names a gain rule and the values it uses:
+
+========================  ==============================================================
+``tuning``/``gradient``   feature similarity gain ``max(0, 1 + β·v)`` (bidirectional)
+``…-positive``            the same with negative values set to 0 (only enhancement)
+``uniform``               every map scaled by ``max(0, 1 + β)`` (v = 1): a gain control
+``shuffled-…``            values permuted across the maps of the layer (seeded): control
+``response-…``            additive response gain ``β·v·B_l``, B_l the layer's mean activity
+========================  ==============================================================
+
+Each (category, layer, method, β) is one condition: the attended category's detector reads
+the network's features for that category's test set (positives contain it, negatives never
+do). With ``all_layers`` the rule is applied at every layer at once with strength β/10.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from bioattn.analysis.sdt import detection_metrics
+from bioattn.attention.gains import Modulation, feature_gain, modulate, response_gain_shift
+from bioattn.attention.values import check_values_match, layer_scales, layer_values, variable_name
+from bioattn.data.imageset import ImageSet, resolve_category
+from bioattn.data.tasks import IMAGE_TYPES, TaskSet, make_task_set
+from bioattn.errors import ConfigError, DataError
+from bioattn.models.detectors import Detectors
+from bioattn.models.network import LayerInfo, Network
+
+#: Default attention strengths. Tuning values are z-scores (|v| up to √(K−1) = 3 for ten
+#: categories) and gradient values lie in [−1, 1]; this grid spans both from gentle to strong.
+DEFAULT_BETAS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+DEFAULT_METHODS = ("tuning", "gradient")
+ALL_LAYERS = "all"
+
+PERFORMANCE_COLUMNS = [
+    "task",
+    "image_type",
+    "category",
+    "layer",
+    "layer_number",
+    "method",
+    "beta",
+    "tp",
+    "tn",
+    "fp",
+    "performance",
+    "dprime",
+    "criterion",
+    "n_pos",
+    "n_neg",
+]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A parsed method name: which values, which rule, which control."""
+
+    name: str
+    source: str  # "tuning", "gradient" or "uniform"
+    additive: bool = False
+    positive_only: bool = False
+    shuffled: bool = False
+
+
+def parse_method(name: str) -> Method:
+    """Parse a method name such as ``gradient``, ``shuffled-tuning`` or ``response-gradient``."""
+    parts = name.split("-")
+    additive = shuffled = positive_only = False
+    if parts and parts[0] == "response":
+        additive, parts = True, parts[1:]
+    if parts and parts[0] == "shuffled":
+        shuffled, parts = True, parts[1:]
+    if parts and parts[-1] == "positive":
+        positive_only, parts = True, parts[:-1]
+    if len(parts) == 1 and parts[0] in ("tuning", "gradient", "uniform"):
+        if parts[0] == "uniform" and (shuffled or positive_only):
+            raise ConfigError(f"method {name!r}: uniform gain cannot be shuffled or positive-only")
+        return Method(name, parts[0], additive, positive_only, shuffled)
+    raise ConfigError(
+        f"unknown method {name!r}; valid: tuning, gradient, uniform, optionally prefixed "
+        "'response-' (additive) and/or 'shuffled-', or suffixed '-positive' "
+        "(e.g. shuffled-gradient, response-tuning, gradient-positive)"
+    )
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What to sweep. ``None`` for categories or layers means all of them."""
+
+    task: str = "category"
+    image_types: tuple[str, ...] = ("merged", "array")
+    categories: tuple[str, ...] | None = None
+    layers: tuple[str, ...] | None = None
+    all_layers: bool = True
+    betas: tuple[float, ...] = DEFAULT_BETAS
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    n_pos: int = 75
+    n_neg: int = 75
+    seed: int = 0
+    snr: float | None = None
+    batch_size: int = 256
+    shuffle_seed: int = 1
+
+    def to_dict(self) -> dict:
+        """Plain-dict form for the run's config file."""
+        return asdict(self)
+
+
+@dataclass
+class ResolvedSweep:
+    """A validated sweep: names resolved against the network, detectors and values."""
+
+    config: SweepConfig
+    categories: list[str]
+    layers: list[LayerInfo]
+    methods: list[Method]
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_sweep(
+    config: SweepConfig, network: Network, detectors: Detectors, values: xr.Dataset
+) -> ResolvedSweep:
+    """Check every name and setting before any long work; add β = 0 when it is missing."""
+    notes: list[str] = []
+    betas = tuple(sorted({float(b) for b in config.betas}))
+    if not betas:
+        raise ConfigError("the β grid is empty; give at least one β, e.g. 0,0.5,1,2")
+    if any(not np.isfinite(b) for b in betas):
+        raise ConfigError(f"β values must be finite numbers, got {config.betas}")
+    if 0.0 not in betas:
+        betas = (0.0, *betas)
+        notes.append("β = 0 was missing from the grid and has been added (it is the baseline)")
+    for image_type in config.image_types:
+        if image_type not in IMAGE_TYPES:
+            raise ConfigError(f"unknown image type {image_type!r}; valid: {', '.join(IMAGE_TYPES)}")
+    if "noise" in config.image_types and config.snr is None:
+        raise ConfigError("image type 'noise' needs an SNR (--snr)")
+    if config.n_pos < 1 or config.n_neg < 1:
+        raise ConfigError(
+            f"a task set needs at least one positive and one negative image, got "
+            f"n_pos={config.n_pos}, n_neg={config.n_neg}"
+        )
+    categories = (
+        list(detectors.categories)
+        if config.categories is None
+        else [
+            detectors.categories[resolve_category(c, detectors.categories)]
+            for c in config.categories
+        ]
+    )
+    layers = network.resolve_layers(config.layers)
+    if not layers and not config.all_layers:
+        raise ConfigError("no layers to attend: give layers or enable all-layers mode")
+    methods = [parse_method(m) for m in config.methods]
+    if not methods:
+        raise ConfigError("no methods given; e.g. tuning,gradient")
+    check_values_match(values, network)
+    value_categories = [str(c) for c in values["category"].values]
+    if value_categories != list(detectors.categories):
+        raise ConfigError(
+            f"values are for categories {value_categories} but the detectors are for "
+            f"{list(detectors.categories)}"
+        )
+    for method in methods:
+        if method.source == "uniform" and not method.additive:
+            continue
+        needed = (
+            ["mean_activity"]
+            if method.source == "uniform"
+            else [variable_name(method.source, t) for t in config.image_types]
+        )
+        if method.additive:
+            needed.append("mean_activity")
+        missing = [v for v in needed if v not in values]
+        if missing:
+            raise ConfigError(
+                f"method {method.name!r} needs values {missing}, which the values file lacks; "
+                "compute them with `bioattn values` for these image types"
+            )
+    config = replace(config, betas=betas)
+    return ResolvedSweep(config, categories, layers, methods, notes)
+
+
+class _ValueSource:
+    """Per-layer value vectors for a (method, image type, category), with controls applied."""
+
+    def __init__(self, values: xr.Dataset, config: SweepConfig) -> None:
+        self.values = values
+        self.config = config
+        self.scales = layer_scales(values) if "mean_activity" in values else {}
+
+    def vector(
+        self, method: Method, image_type: str, category: str, layer: LayerInfo
+    ) -> torch.Tensor:
+        if method.source == "uniform":
+            return torch.ones(layer.channels)
+        v = layer_values(self.values, variable_name(method.source, image_type), category, layer)
+        if method.shuffled:
+            generator = torch.Generator().manual_seed(
+                self.config.shuffle_seed * 1_000_003 + layer.number * 1009 + hash_name(category)
+            )
+            v = v[torch.randperm(v.numel(), generator=generator)]
+        return v
+
+    def modulation(
+        self, method: Method, image_type: str, category: str, layer: LayerInfo, beta: float
+    ) -> Modulation:
+        v = self.vector(method, image_type, category, layer)
+        if method.additive:
+            shift = response_gain_shift(v, beta, self.scales[layer.alias], method.positive_only)
+            return Modulation(shift=shift)
+        return Modulation(scale=feature_gain(v, beta, method.positive_only))
+
+
+def hash_name(name: str) -> int:
+    """A small deterministic integer for a name (Python's hash() is salted per process)."""
+    return sum((i + 1) * ord(ch) for i, ch in enumerate(name)) % 100_003
+
+
+def target_logits(
+    network: Network,
+    detectors: Detectors,
+    task: TaskSet,
+    modulations: dict[LayerInfo, Modulation] | None = None,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Logits of ``task``'s target detector for each of its images under ``modulations``."""
+    target = detectors.index(task.target_name)
+    with modulate(network, modulations or {}):
+        features = network.readout_features(task.images, batch_size=batch_size)
+    with torch.no_grad():
+        return detectors.logits(features)[:, target]
+
+
+def build_test_sets(
+    source: ImageSet, categories: Sequence[str], config: SweepConfig
+) -> dict[tuple[str, str], TaskSet]:
+    """Test task sets per (image type, category), from ``source`` (which must not be training)."""
+    if source.split == "train":
+        raise DataError(
+            "test task sets must not be built from training images; pass the test split"
+        )
+    sets = {}
+    for image_type in config.image_types:
+        for k, category in enumerate(categories):
+            sets[(image_type, category)] = make_task_set(
+                source,
+                category,
+                image_type,
+                n_pos=config.n_pos,
+                n_neg=config.n_neg,
+                seed=config.seed * 7919 + k,
+                snr=config.snr,
+            )
+    return sets
+
+
+def run_sweep(
+    network: Network,
+    detectors: Detectors,
+    values: xr.Dataset,
+    test_images: ImageSet,
+    config: SweepConfig = SweepConfig(),
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run the sweep and return the long-form performance table (see ``PERFORMANCE_COLUMNS``).
+
+    β = 0 is evaluated once per (image type, category) and its row repeated for every
+    (layer, method), since with β = 0 every rule leaves the network unchanged.
+    """
+    resolved = resolve_sweep(config, network, detectors, values)
+    for note in resolved.notes:
+        warnings.warn(note, stacklevel=2)
+    config = resolved.config
+    tasks = build_test_sets(test_images, resolved.categories, config)
+    source = _ValueSource(values, config)
+    layer_settings: list[tuple[str, int, list[LayerInfo], float]] = [
+        (layer.alias, layer.number, [layer], 1.0) for layer in resolved.layers
+    ]
+    if config.all_layers:
+        layer_settings.append((ALL_LAYERS, 0, list(network.layers), 0.1))
+    nonzero = [b for b in config.betas if b != 0.0]
+    total = len(tasks) * (1 + len(layer_settings) * len(resolved.methods) * len(nonzero))
+    bar = tqdm(total=total, desc=f"sweep ({config.task})", disable=not progress)
+    rows = []
+    for (image_type, category), task in tasks.items():
+        base = {"task": config.task, "image_type": image_type, "category": category}
+        is_target = task.is_target
+        baseline = detection_metrics(
+            target_logits(network, detectors, task, batch_size=config.batch_size), is_target
+        )
+        bar.update(1)
+        for alias, number, layers, factor in layer_settings:
+            for method in resolved.methods:
+                common = {**base, "layer": alias, "layer_number": number, "method": method.name}
+                rows.append({**common, "beta": 0.0, **baseline})
+                for beta in nonzero:
+                    modulations = {
+                        layer: source.modulation(method, image_type, category, layer, beta * factor)
+                        for layer in layers
+                    }
+                    logits = target_logits(
+                        network, detectors, task, modulations, batch_size=config.batch_size
+                    )
+                    rows.append({**common, "beta": beta, **detection_metrics(logits, is_target)})
+                    bar.update(1)
+    bar.close()
+    return pd.DataFrame(rows, columns=PERFORMANCE_COLUMNS)

@@ -1,0 +1,168 @@
+"""Training the embedded default: the small VGG-style network on Fashion-MNIST, plus its
+detectors, cached under the user cache directory keyed by everything that determines them."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bioattn.cache import atomic_write_bytes, cache_dir, settings_key
+from bioattn.data.fashion_mnist import find_data_dir, load_fashion_mnist
+from bioattn.models.detectors import Detectors, evaluate_detectors, fit_detectors
+from bioattn.models.network import Network
+from bioattn.models.weights import load_weights, save_weights
+from bioattn.models.zoo import build_network
+
+#: Bumped whenever the training code changes in a way that changes the weights it produces.
+TRAINING_CODE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything that determines the trained default network (and so its cache key)."""
+
+    epochs: int = 4
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    widths: tuple[int, int, int] = (32, 64, 128)
+    seed: int = 0
+    detector_l2: float = 1e-3
+
+
+@dataclass
+class TrainedModel:
+    """The default network with its detectors and the accuracies measured when it was made."""
+
+    network: Network
+    detectors: Detectors
+    metrics: dict
+    path: Path
+
+
+def _data_fingerprint(data_dir: Path) -> dict[str, int]:
+    """File names and sizes of the dataset: cheap, and enough to tell two datasets apart."""
+    return {p.name: p.stat().st_size for p in sorted(data_dir.iterdir()) if "idx" in p.name}
+
+
+def model_dir(settings: TrainSettings, data_dir: Path) -> Path:
+    """Cache folder for a trained default network with these settings and data."""
+    key = settings_key(
+        {
+            "settings": asdict(settings),
+            "data": _data_fingerprint(data_dir),
+            "code": TRAINING_CODE_VERSION,
+            "torch": torch.__version__.split("+")[0],
+        }
+    )
+    return cache_dir() / "models" / f"fashion-vgg-{key}"
+
+
+def _accuracy(
+    module: nn.Module, network: Network, images: torch.Tensor, labels: torch.Tensor
+) -> float:
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(images), 1000):
+            logits = module(network.preprocess(images[start : start + 1000]))
+            correct += int((logits.argmax(1) == labels[start : start + 1000]).sum())
+    return correct / len(images)
+
+
+def train_default(
+    settings: TrainSettings = TrainSettings(),
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+) -> TrainedModel:
+    """Train the default network on Fashion-MNIST and fit its detectors (no cache involved).
+
+    Deterministic given ``settings.seed``: weights, batch order and detector fits all follow it.
+    """
+    torch.manual_seed(settings.seed)
+    network = build_network("fashion-vgg", widths=settings.widths, seed=settings.seed)
+    module = network.module
+    train = load_fashion_mnist("train", data_dir)
+    test = load_fashion_mnist("test", data_dir)
+    generator = torch.Generator().manual_seed(settings.seed)
+    optimizer = torch.optim.AdamW(
+        module.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    steps_per_epoch = (len(train) + settings.batch_size - 1) // settings.batch_size
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * steps_per_epoch
+    )
+    inputs = network.preprocess(train.images)
+    loss_fn = nn.CrossEntropyLoss()
+    started = time.perf_counter()
+    bar = tqdm(
+        total=settings.epochs * steps_per_epoch, desc="training fashion-vgg", disable=not progress
+    )
+    module.train()
+    for _epoch in range(settings.epochs):
+        order = torch.randperm(len(train), generator=generator)
+        for start in range(0, len(train), settings.batch_size):
+            batch = order[start : start + settings.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(module(inputs[batch]), train.labels[batch])
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    module.eval()
+    train_seconds = time.perf_counter() - started
+
+    train_features = network.readout_features(train.images)
+    detectors = fit_detectors(
+        train_features, train.labels, train.categories, l2=settings.detector_l2
+    )
+    test_features = network.readout_features(test.images)
+    detector_table = evaluate_detectors(detectors, test_features, test.labels)
+    metrics = {
+        "test_accuracy": _accuracy(module, network, test.images, test.labels),
+        "train_seconds": round(train_seconds, 1),
+        "detector_balanced_accuracy": {
+            row.category: round(float(row.balanced_accuracy), 4)
+            for row in detector_table.itertuples()
+        },
+        "settings": asdict(settings),
+    }
+    return TrainedModel(network, detectors, metrics, Path())
+
+
+def load_default(
+    settings: TrainSettings = TrainSettings(),
+    data_dir: str | Path | None = None,
+    retrain: bool = False,
+    progress: bool = True,
+) -> TrainedModel:
+    """The trained default network and detectors, from the cache or trained now and cached."""
+    folder = model_dir(settings, find_data_dir(data_dir))
+    weights_file = folder / "model.safetensors"
+    detectors_file = folder / "detectors.safetensors"
+    metrics_file = folder / "metrics.json"
+    if not retrain and all(p.exists() for p in (weights_file, detectors_file, metrics_file)):
+        network = build_network("fashion-vgg", widths=settings.widths, seed=settings.seed)
+        load_weights(network.module, weights_file)
+        network.module.eval()
+        return TrainedModel(
+            network,
+            Detectors.load(detectors_file),
+            json.loads(metrics_file.read_text()),
+            folder,
+        )
+    trained = train_default(settings, data_dir, progress=progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(trained.network.module, weights_file)
+    trained.detectors.save(detectors_file)
+    # metrics last: its presence marks a complete cache entry
+    atomic_write_bytes(metrics_file, json.dumps(trained.metrics, indent=2).encode())
+    trained.path = folder
+    return trained

@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny network, detectors and image sets small enough for unit tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bioattn.data.imageset import ImageSet
+from bioattn.models.detectors import Detectors
+from bioattn.models.network import Network
+
+
+class TinyNet(nn.Module):
+    """Two conv layers (2 and 3 maps) with a pooling layer between them and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 2, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2, 3, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def make_tiny_network(seed: int = 0) -> Network:
+    """A seeded TinyNet wrapped as a Network with identity normalisation."""
+    torch.manual_seed(seed)
+    return Network(TinyNet(), name="tiny", readout="classifier", mean=(0.0,), std=(1.0,))
+
+
+def make_image_set(n_per_category: int = 12, size: int = 8, split: str = "train") -> ImageSet:
+    """Four categories of 8×8 images whose brightness pattern depends on the category."""
+    generator = torch.Generator().manual_seed(3)
+    images, labels = [], []
+    for k in range(4):
+        base = torch.zeros(1, size, size)
+        base[:, (k // 2) * (size // 2) : (k // 2 + 1) * (size // 2), :] = 0.8
+        base[:, :, (k % 2) * (size // 2) : (k % 2 + 1) * (size // 2)] += 0.4
+        noise = 0.1 * torch.rand(n_per_category, 1, size, size, generator=generator)
+        images.append(base.clamp(0, 1) + noise)
+        labels.append(torch.full((n_per_category,), k))
+    return ImageSet(torch.cat(images), torch.cat(labels), ("a", "b", "c", "d"), split)
+
+
+@pytest.fixture
+def tiny_network() -> Network:
+    return make_tiny_network()
+
+
+@pytest.fixture
+def tiny_images() -> ImageSet:
+    return make_image_set()
+
+
+@pytest.fixture
+def tiny_detectors() -> Detectors:
+    """Hand-set detectors on the 3 pooled features (identity standardisation)."""
+    weight = torch.tensor([[1.0, 0.0, -1.0], [-2.0, 1.0, 0.0], [0.5, 0.5, 0.5], [0.0, -1.0, 2.0]])
+    return Detectors(
+        weight=weight,
+        bias=torch.tensor([0.0, 0.1, -0.2, 0.05]),
+        feature_mean=torch.zeros(3),
+        feature_std=torch.ones(3),
+        categories=("a", "b", "c", "d"),
+    )

@@ -1,0 +1,151 @@
+"""The sweep on a tiny network: baselines, all-layers β/10, controls and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bioattn.analysis.sdt import detection_metrics
+from bioattn.attention.gains import Modulation, feature_gain
+from bioattn.attention.values import add_gradient_values, layer_values, tuning_values
+from bioattn.data.tasks import make_task_set
+from bioattn.errors import CategoryError, ConfigError, DataError, LayerError
+from bioattn.experiments.sweep import (
+    PERFORMANCE_COLUMNS,
+    SweepConfig,
+    parse_method,
+    run_sweep,
+    target_logits,
+)
+from tests.conftest import make_image_set
+
+
+@pytest.fixture
+def values(tiny_network, tiny_images, tiny_detectors):
+    tasks = {
+        name: make_task_set(tiny_images, name, "merged", n_pos=6, n_neg=6, seed=2)
+        for name in "abcd"
+    }
+    return add_gradient_values(
+        tuning_values(tiny_network, tiny_images), tiny_network, tiny_detectors, tasks, "merged"
+    )
+
+
+@pytest.fixture
+def test_images():
+    return make_image_set(n_per_category=10, split="test")
+
+
+CONFIG = SweepConfig(
+    image_types=("merged",), betas=(0.0, 0.5, 2.0), n_pos=6, n_neg=6, methods=("tuning", "gradient")
+)
+
+
+def test_sweep_table_shape_and_baselines(tiny_network, tiny_detectors, values, test_images):
+    table = run_sweep(tiny_network, tiny_detectors, values, test_images, CONFIG, progress=False)
+    assert list(table.columns) == PERFORMANCE_COLUMNS
+    # 4 categories × (2 layers + all) × 2 methods × 3 β
+    assert len(table) == 4 * 3 * 2 * 3
+    assert set(table["layer"]) == {"conv1_1", "conv2_1", "all"}
+    baseline = table[table["beta"] == 0.0]
+    per_category = baseline.groupby("category")["performance"].nunique()
+    assert (per_category == 1).all()  # β = 0 is the same network for every layer and method
+    assert np.allclose(table["performance"], (table["tp"] + table["tn"]) / 2)
+    assert (table[["n_pos", "n_neg"]] == 6).all().all()
+
+
+def test_beta_zero_reproduces_unattended_outputs(tiny_network, tiny_detectors, values, test_images):
+    task = make_task_set(test_images, "b", "merged", n_pos=6, n_neg=6, seed=0)
+    plain = target_logits(tiny_network, tiny_detectors, task)
+    zero = {
+        layer: Modulation(scale=feature_gain(layer_values(values, "tuning", "b", layer), 0.0))
+        for layer in tiny_network.layers
+    }
+    assert torch.equal(target_logits(tiny_network, tiny_detectors, task, zero), plain)
+
+
+def test_all_layers_mode_uses_beta_over_ten(tiny_network, tiny_detectors, values, test_images):
+    config = SweepConfig(
+        image_types=("merged",),
+        categories=("c",),
+        betas=(0.0, 2.0),
+        n_pos=6,
+        n_neg=6,
+        methods=("gradient",),
+        layers=("conv2_1",),
+    )
+    table = run_sweep(tiny_network, tiny_detectors, values, test_images, config, progress=False)
+    row = table[(table["layer"] == "all") & (table["beta"] == 2.0)].iloc[0]
+    task = make_task_set(test_images, "c", "merged", n_pos=6, n_neg=6, seed=config.seed * 7919 + 0)
+    manual = {
+        layer: Modulation(
+            scale=feature_gain(layer_values(values, "gradient_merged", "c", layer), 0.2)
+        )
+        for layer in tiny_network.layers
+    }
+    expected = detection_metrics(
+        target_logits(tiny_network, tiny_detectors, task, manual), task.is_target
+    )
+    assert row["performance"] == pytest.approx(expected["performance"])
+    assert row["criterion"] == pytest.approx(expected["criterion"])
+
+
+def test_controls_and_response_gain_run(tiny_network, tiny_detectors, values, test_images):
+    config = SweepConfig(
+        image_types=("merged",),
+        categories=("a",),
+        betas=(1.0,),
+        n_pos=6,
+        n_neg=6,
+        methods=("uniform", "shuffled-tuning", "response-gradient", "tuning-positive"),
+        all_layers=False,
+    )
+    with pytest.warns(UserWarning, match="β = 0 was missing"):
+        table = run_sweep(tiny_network, tiny_detectors, values, test_images, config, progress=False)
+    assert set(table["method"]) == set(config.methods)
+    assert sorted(table["beta"].unique()) == [0.0, 1.0]
+
+
+def test_method_parsing():
+    method = parse_method("response-shuffled-gradient-positive")
+    assert (method.source, method.additive, method.shuffled, method.positive_only) == (
+        "gradient",
+        True,
+        True,
+        True,
+    )
+    with pytest.raises(ConfigError, match="unknown method 'tunning'"):
+        parse_method("tunning")
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"categories": ("zebra",)}, CategoryError, "valid categories are: a, b, c, d"),
+        ({"layers": ("conv9_9",)}, LayerError, "valid layers are"),
+        ({"image_types": ("collage",)}, ConfigError, "unknown image type"),
+        ({"n_pos": 0}, ConfigError, "at least one positive"),
+        ({"image_types": ("array",)}, ConfigError, "gradient_array"),
+        ({"methods": ()}, ConfigError, "no methods"),
+    ],
+)
+def test_bad_input_fails_before_work(
+    tiny_network, tiny_detectors, values, test_images, change, error, message
+):
+    config = SweepConfig(**{**CONFIG.to_dict(), **change})
+    with pytest.raises(error, match=message):
+        run_sweep(tiny_network, tiny_detectors, values, test_images, config, progress=False)
+
+
+def test_training_images_are_refused_for_testing(tiny_network, tiny_detectors, values):
+    train = make_image_set(split="train")
+    with pytest.raises(DataError, match="training images"):
+        run_sweep(tiny_network, tiny_detectors, values, train, CONFIG, progress=False)
+
+
+def test_sweep_is_deterministic(tiny_network, tiny_detectors, values, test_images):
+    first = run_sweep(tiny_network, tiny_detectors, values, test_images, CONFIG, progress=False)
+    second = run_sweep(tiny_network, tiny_detectors, values, test_images, CONFIG, progress=False)
+    pd.testing.assert_frame_equal(first, second)
