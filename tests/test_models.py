@@ -237,13 +237,13 @@ def test_fashion_vgg_inputs_and_layers() -> None:
     assert [layer.name for layer in network.layers] == [
         f"features.{i}" for i in (0, 2, 5, 7, 10, 12)
     ]
-    assert [layer.channels for layer in network.layers] == [32, 32, 64, 64, 128, 128]
+    assert [layer.channels for layer in network.layers] == [16, 16, 32, 32, 64, 64]
     assert not any(m.inplace for m in network.module.modules() if isinstance(m, nn.ReLU))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in network.module.modules())
     assert network.readout == "classifier"
     assert network.input_size is None
     assert network.categories == FASHION_CATEGORIES and len(FASHION_CATEGORIES) == 10
-    assert network.readout_features(torch.rand(3, 1, 56, 56)).shape == (3, 128)
+    assert network.readout_features(torch.rand(3, 1, 56, 56)).shape == (3, 64)
 
 
 def test_fashion_vgg_options_and_seed() -> None:
@@ -401,3 +401,22 @@ def test_user_callable_network_and_errors(user_module: str) -> None:
         build_network("no_such_package_xyz.models:make")
     with pytest.raises(ConfigError, match="num_classes applies only to built-in"):
         build_network(f"{user_module}:make_tiny", num_classes=3)
+
+
+def test_fold_batch_norm_is_exact_in_eval_mode():
+    from bioattn.models.zoo import fold_batch_norm
+
+    torch.manual_seed(0)
+    model = FashionVGG(batch_norm=True)
+    model.train()
+    for _ in range(3):  # give the running statistics non-trivial values
+        model(torch.randn(16, 1, 28, 28) * 2 + 0.5)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(module.bias, -0.2, 0.2)
+    model.eval()
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(4, 1, 56, 56)
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)

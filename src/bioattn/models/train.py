@@ -17,7 +17,7 @@ from bioattn.data.fashion_mnist import find_data_dir, load_fashion_mnist
 from bioattn.models.detectors import Detectors, evaluate_detectors, fit_detectors
 from bioattn.models.network import Network
 from bioattn.models.weights import load_weights, save_weights
-from bioattn.models.zoo import build_network
+from bioattn.models.zoo import DEFAULT_FASHION_WIDTHS, FashionVGG, build_network, fold_batch_norm
 
 #: Bumped whenever the training code changes in a way that changes the weights it produces.
 TRAINING_CODE_VERSION = 1
@@ -27,11 +27,13 @@ TRAINING_CODE_VERSION = 1
 class TrainSettings:
     """Everything that determines the trained default network (and so its cache key)."""
 
-    epochs: int = 4
+    epochs: int = 5
     batch_size: int = 128
-    learning_rate: float = 2e-3
+    learning_rate: float = 5e-3
     weight_decay: float = 1e-4
-    widths: tuple[int, int, int] = (32, 64, 128)
+    widths: tuple[int, int, int] = DEFAULT_FASHION_WIDTHS
+    flip_augment: bool = True
+    n_train: int | None = None  # first N training images only (quick runs); None: all 60,000
     seed: int = 0
     detector_l2: float = 1e-3
 
@@ -82,12 +84,17 @@ def train_default(
 ) -> TrainedModel:
     """Train the default network on Fashion-MNIST and fit its detectors (no cache involved).
 
-    Deterministic given ``settings.seed``: weights, batch order and detector fits all follow it.
+    The network trains with batch normalisation (and random horizontal flips), which reaches
+    90 % in a few epochs on two cores; the normalisation is then folded into the convs so the
+    returned network is a plain conv-ReLU stack. Deterministic given ``settings.seed``: weights,
+    batch order, flips and detector fits all follow it.
     """
     torch.manual_seed(settings.seed)
     network = build_network("fashion-vgg", widths=settings.widths, seed=settings.seed)
-    module = network.module
+    module = FashionVGG(settings.widths, batch_norm=True)
     train = load_fashion_mnist("train", data_dir)
+    if settings.n_train is not None:
+        train = train.subset(torch.arange(min(settings.n_train, len(train))))
     test = load_fashion_mnist("test", data_dir)
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = torch.optim.AdamW(
@@ -108,8 +115,12 @@ def train_default(
         order = torch.randperm(len(train), generator=generator)
         for start in range(0, len(train), settings.batch_size):
             batch = order[start : start + settings.batch_size]
+            x = inputs[batch]
+            if settings.flip_augment:
+                flip = torch.rand(len(batch), generator=generator) < 0.5
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(module(inputs[batch]), train.labels[batch])
+            loss = loss_fn(module(x), train.labels[batch])
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -117,6 +128,8 @@ def train_default(
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
     module.eval()
+    network.module.load_state_dict(fold_batch_norm(module).state_dict())
+    module = network.module
     train_seconds = time.perf_counter() - started
 
     train_features = network.readout_features(train.images)

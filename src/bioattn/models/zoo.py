@@ -37,6 +37,8 @@ from bioattn.models.weights import load_state_dict_file, load_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Channel widths of the default network: small enough to train in minutes on two cores.
+DEFAULT_FASHION_WIDTHS = (16, 32, 64)
 FASHION_MEAN = (0.2860,)
 FASHION_STD = (0.3530,)
 
@@ -74,9 +76,18 @@ class FashionVGG(nn.Module):
     Three blocks of two 3x3 convs (widths ``c1, c2, c3``), each conv followed by a ReLU module, with
     2x2 max pooling between blocks; then global average pooling and a linear classifier. Because
     of the global pooling it accepts any input size from 4x4 up (28x28 digits, 56x56 arrays).
+
+    ``batch_norm=True`` puts a BatchNorm2d between each conv and its ReLU; it is used only while
+    training (it speeds convergence) and folded into the convs afterwards with
+    :func:`fold_batch_norm`, so the network that experiments see is a plain conv-ReLU stack.
     """
 
-    def __init__(self, widths: Sequence[int] = (32, 64, 128), num_classes: int = 10) -> None:
+    def __init__(
+        self,
+        widths: Sequence[int] = DEFAULT_FASHION_WIDTHS,
+        num_classes: int = 10,
+        batch_norm: bool = False,
+    ) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
         if len(widths) != 3 or min(widths) < 1:
@@ -85,22 +96,18 @@ class FashionVGG(nn.Module):
             raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
         c1, c2, c3 = widths
         self.widths = widths
-        self.features = nn.Sequential(
-            _conv3x3(1, c1),
-            nn.ReLU(),
-            _conv3x3(c1, c1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            _conv3x3(c1, c2),
-            nn.ReLU(),
-            _conv3x3(c2, c2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            _conv3x3(c2, c3),
-            nn.ReLU(),
-            _conv3x3(c3, c3),
-            nn.ReLU(),
-        )
+        self.batch_norm = batch_norm
+        layers: list[nn.Module] = []
+        pairs = [(1, c1), (c1, c1), None, (c1, c2), (c2, c2), None, (c2, c3), (c3, c3)]
+        for pair in pairs:
+            if pair is None:
+                layers.append(nn.MaxPool2d(2))
+                continue
+            layers.append(_conv3x3(*pair))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(pair[1]))
+            layers.append(nn.ReLU())
+        self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c3, int(num_classes))
         for module in self.modules():
@@ -112,6 +119,27 @@ class FashionVGG(nn.Module):
         """Class logits for a batch of normalised ``(N, 1, H, W)`` images."""
         x = self.pool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
+
+
+def fold_batch_norm(model: FashionVGG) -> FashionVGG:
+    """A BatchNorm-free FashionVGG computing exactly what ``model`` computes in eval mode.
+
+    Each BatchNorm's running statistics and affine parameters are folded into the preceding
+    conv: ``w' = w * g``, ``b' = (b - mean) * g + beta`` with ``g = gamma / sqrt(var + eps)``.
+    """
+    folded = FashionVGG(model.widths, model.classifier.out_features, batch_norm=False)
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    norms = [m for m in model.features if isinstance(m, nn.BatchNorm2d)]
+    targets = [m for m in folded.features if isinstance(m, nn.Conv2d)]
+    if len(norms) != len(convs):
+        raise ConfigError("fold_batch_norm needs a FashionVGG built with batch_norm=True")
+    with torch.no_grad():
+        for conv, norm, target in zip(convs, norms, targets, strict=True):
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            target.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+            target.bias.copy_((conv.bias - norm.running_mean) * scale + norm.bias)
+        folded.classifier.load_state_dict(model.classifier.state_dict())
+    return folded.eval()
 
 
 class VGG16(nn.Module):
@@ -203,7 +231,7 @@ def _build_fashion(
             widths = _fashion_widths(state)
         if num_classes is None:
             num_classes = _classes_in(state, "classifier.weight")
-    module = FashionVGG(widths or (32, 64, 128), num_classes or 10)
+    module = FashionVGG(widths or DEFAULT_FASHION_WIDTHS, num_classes or 10)
     if state is not None:
         load_weights(module, state)
     n = module.classifier.out_features
@@ -393,7 +421,7 @@ def build_network(
         num_classes: size of the classifier head of a built-in model; by default read from the
             weights file, else 10 (fashion-vgg) or 1000 (vgg16).
         widths: channel widths of fashion-vgg's three blocks; by default read from the weights
-            file, else (32, 64, 128).
+            file, else DEFAULT_FASHION_WIDTHS (16, 32, 64).
         seed: seed for the random initialisation (the global RNG state is left untouched).
 
     Raises:
