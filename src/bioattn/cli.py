@@ -285,10 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; errors the user can fix are printed as one message (exit status 2)."""
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default")
+    warnings.formatwarning = _format_warning
     try:
         return args.func(args)
     except BioattnError as error:

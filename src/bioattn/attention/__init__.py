@@ -1,0 +1,1 @@
+"""Attention values (tuning, gradient) and the gain rules that apply them."""

@@ -1,0 +1,1 @@
+"""Experiments: attention sweeps and the end-to-end replication."""
