@@ -15,43 +15,67 @@ from dataclasses import dataclass
 
 import torch
 
+from bioattn.data.composites import quadrant_slices
 from bioattn.errors import ConfigError
 from bioattn.models.network import LayerInfo, Network
 
 
 @dataclass(frozen=True)
+class SpatialCue:
+    """Spatial attention to one quadrant (0–3, see ``bioattn.data.composites.QUADRANTS``).
+
+    The factor is ``1 + beta`` inside the quadrant and ``max(0, 1 - beta)`` outside, on every
+    feature map; the quadrant is located on each layer's own grid when the layer runs.
+    ``additive`` combines it with a feature gain the way the original code did,
+    ``g_feature + (g_spatial - 1)`` without the clamps, which can make activity negative; the
+    default multiplies the two factors.
+    """
+
+    quadrant: int
+    beta: float
+    additive: bool = False
+
+    def factor(self, height: int, width: int) -> torch.Tensor:
+        """The (H, W) factor map, clamped (multiplicative) or raw ±beta (additive)."""
+        rows, cols = quadrant_slices(height, width, self.quadrant)
+        if self.additive:
+            raw = torch.full((height, width), -self.beta)
+            raw[rows, cols] = self.beta
+            return raw
+        return spatial_gain(height, width, rows, cols, self.beta)
+
+
+@dataclass(frozen=True)
 class Modulation:
-    """``r' = r * scale + shift`` at one layer; ``None`` leaves that part out."""
+    """``r' = r * scale + shift`` at one layer; ``None`` leaves that part out.
+
+    With a ``spatial`` cue the scale is multiplied by the cue's (H, W) factor map, or, for an
+    additive cue, the raw ±β map is added to it (see :class:`SpatialCue`).
+    """
 
     scale: torch.Tensor | None = None
     shift: torch.Tensor | None = None
+    spatial: SpatialCue | None = None
+
+    def full_scale(self, activity: torch.Tensor) -> torch.Tensor | None:
+        """The scale as applied to ``activity`` (N, C, H, W), spatial cue included."""
+        scale = None if self.scale is None else _broadcastable(self.scale, activity)
+        if self.spatial is None:
+            return scale
+        cue = _broadcastable(self.spatial.factor(*activity.shape[-2:]), activity)
+        if self.spatial.additive:
+            return cue + (1.0 if scale is None else scale)
+        return cue if scale is None else scale * cue
 
     def __call__(self, activity: torch.Tensor) -> torch.Tensor:
         """Apply to an activity tensor (N, C, H, W)."""
         out = activity
-        if self.scale is not None:
-            out = out * _broadcastable(self.scale, activity)
+        scale = self.full_scale(activity)
+        if scale is not None:
+            out = out * scale
         if self.shift is not None:
             out = torch.clamp(out + _broadcastable(self.shift, activity), min=0.0)
         return out
-
-    def combine(self, other: Modulation) -> Modulation:
-        """Both modulations at once: scales multiply, shifts add."""
-        scale = _product(self.scale, other.scale)
-        shift = (
-            self.shift
-            if other.shift is None
-            else (other.shift if self.shift is None else self.shift + other.shift)
-        )
-        return Modulation(scale, shift)
-
-
-def _product(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return _as_nchw(a) * _as_nchw(b)
 
 
 def _as_nchw(t: torch.Tensor) -> torch.Tensor:

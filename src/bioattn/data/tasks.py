@@ -40,7 +40,10 @@ IMAGE_TYPES: tuple[str, ...] = ("standard", "merged", "array", "noise")
 """The image types :func:`make_task_set` can build."""
 
 # image type -> images (categories) per composite
-_ITEMS: dict[str, int] = {"standard": 1, "merged": 2, "array": 4, "noise": 1}
+#: Image types of task sets built elsewhere (``bioattn.experiments.orientation``): two gratings
+#: in a 2×2 layout, ``contents`` holding the orientation index per quadrant (−1: empty).
+BUILT_IMAGE_TYPES: tuple[str, ...] = ("gratings",)
+_ITEMS: dict[str, int] = {"standard": 1, "merged": 2, "array": 4, "noise": 1, "gratings": 4}
 # image type -> distinct non-target categories a negative needs
 _NON_TARGETS_NEEDED: dict[str, int] = {"standard": 1, "merged": 2, "array": 4, "noise": 1}
 
@@ -61,6 +64,7 @@ class TaskSet:
         split: the source's split ("train", "test", or a folder name).
         snr: the SNR (linear power ratio) for noise images, else None.
         seed: the seed the set was drawn with.
+        cued_quadrant: for spatial tasks, the quadrant (0–3) that spatial attention attends.
     """
 
     images: torch.Tensor
@@ -72,6 +76,7 @@ class TaskSet:
     split: str
     snr: float | None = None
     seed: int | None = None
+    cued_quadrant: int | None = None
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
@@ -82,9 +87,9 @@ class TaskSet:
                 f"is_target must be bool of shape ({n},), got {self.is_target.dtype} "
                 f"{tuple(self.is_target.shape)}"
             )
-        if self.image_type not in IMAGE_TYPES:
+        if self.image_type not in _ITEMS:
             raise ValueError(
-                f"unknown image type {self.image_type!r}; valid: {', '.join(IMAGE_TYPES)}"
+                f"unknown image type {self.image_type!r}; valid: {', '.join(_ITEMS)}"
             )
         k = _ITEMS[self.image_type]
         if self.contents.shape != (n, k):
