@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from bioattn.errors import BioattnError, ConfigError
 
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command runs
+    from bioattn.experiments.orientation import OrientationConfig
     from bioattn.experiments.sweep import SweepConfig
     from bioattn.models.train import TrainSettings
 
@@ -86,6 +87,20 @@ def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-pos", type=int, default=75, help="positives per category (75)")
     parser.add_argument("--n-neg", type=int, default=75, help="negatives per category (75)")
     parser.add_argument("--snr", type=float, default=None, help="SNR for the noise image type")
+    parser.add_argument("--sweep-seed", type=int, default=0, help="seed of the test sets (0)")
+
+
+def _add_psychophysics_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--categories", type=_csv, default=None, help="comma-separated categories (default all)"
+    )
+    parser.add_argument(
+        "--layer",
+        default=None,
+        help="attended layer (default: cueing the last layer, noise the last but one)",
+    )
+    parser.add_argument("--n-pos", type=int, default=75, help="positives per category (75)")
+    parser.add_argument("--n-neg", type=int, default=75, help="negatives per category (75)")
     parser.add_argument("--sweep-seed", type=int, default=0, help="seed of the test sets (0)")
 
 
@@ -192,6 +207,109 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _orientation_config(args: argparse.Namespace) -> OrientationConfig:
+    from bioattn.experiments.orientation import OrientationConfig
+
+    return OrientationConfig(
+        orientations=args.orientations,
+        spatial_layer=args.spatial_layer,
+        n_pos=args.n_pos,
+        n_neg=args.n_neg,
+        seed=args.sweep_seed,
+        additive_spatial=args.additive_spatial,
+    )
+
+
+def _print_orientation(result: dict) -> None:
+    from bioattn.experiments.orientation import criterion_sensitivity_table
+    from bioattn.experiments.replication import format_summary
+
+    print("orientation task, performance increase from feature attention (pp, mean ± SEM):")
+    print(format_summary(result["feature_summary"]))
+    print("\ncriterion vs sensitivity at the spatial layer (mean across orientations):")
+    table = criterion_sensitivity_table(result["spatial_table"])
+    print(table.round(3).to_string(index=False))
+
+
+def cmd_orientation(args: argparse.Namespace) -> int:
+    """Orientation detection with feature attention, and spatial attention to a quadrant."""
+    from bioattn.experiments.orientation import run_orientation
+    from bioattn.models.train import load_default
+
+    trained = load_default(_train_settings(args), args.data_dir)
+    result = run_orientation(trained.network, args.out, _orientation_config(args))
+    _print_orientation(result)
+    print(f"\nresults in {args.out}/orientation and {args.out}/spatial")
+    return 0
+
+
+def cmd_cueing(args: argparse.Namespace) -> int:
+    """Spatial cueing: valid, neutral and invalid cues on 2×2 arrays."""
+    from bioattn.data.fashion_mnist import load_fashion_mnist
+    from bioattn.experiments.psychophysics import CueingConfig, run_cueing, write_cueing
+    from bioattn.models.train import load_default
+
+    trained = load_default(_train_settings(args), args.data_dir)
+    config = CueingConfig(
+        categories=args.categories,
+        layer=args.layer,
+        betas=args.betas,
+        n_pos=args.n_pos,
+        n_neg=args.n_neg,
+        seed=args.sweep_seed,
+    )
+    table = run_cueing(
+        trained.network, trained.detectors, load_fashion_mnist("test", args.data_dir), config
+    )
+    means = write_cueing(table, args.out)
+    print(means.round(3).to_string(index=False))
+    print(f"results in {args.out}")
+    return 0
+
+
+def cmd_noise(args: argparse.Namespace) -> int:
+    """Detection in white noise with and without a feature cue: psychometric curves."""
+    from bioattn.attention.values import tuning_values
+    from bioattn.data.fashion_mnist import load_fashion_mnist
+    from bioattn.experiments.psychophysics import (
+        NoiseConfig,
+        noise_gradient_values,
+        run_noise_detection,
+        write_noise,
+    )
+    from bioattn.models.train import load_default
+
+    trained = load_default(_train_settings(args), args.data_dir)
+    train = load_fashion_mnist("train", args.data_dir)
+    config = NoiseConfig(
+        categories=args.categories,
+        snrs=args.snrs,
+        layer=args.layer,
+        beta=args.beta,
+        n_pos=args.n_pos,
+        n_neg=args.n_neg,
+        seed=args.sweep_seed,
+    )
+    values = noise_gradient_values(
+        tuning_values(trained.network, train),
+        trained.network,
+        trained.detectors,
+        train,
+        config.gradient_snr,
+    )
+    table = run_noise_detection(
+        trained.network,
+        trained.detectors,
+        values,
+        load_fashion_mnist("test", args.data_dir),
+        config,
+    )
+    thresholds = write_noise(table, args.out)
+    print(thresholds.round(3).to_string(index=False))
+    print(f"results in {args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole replication on the embedded default (Fashion-MNIST)."""
     from dataclasses import replace
@@ -225,6 +343,61 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"\nresults in {args.out} (figures in {Path(args.out) / 'figures'}); "
         f"took {time.perf_counter() - started:.0f} s"
     )
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """Record feature-map activity with and without feature attention (default network)."""
+    from bioattn.attention.values import load_values
+    from bioattn.data.fashion_mnist import load_fashion_mnist
+    from bioattn.experiments.recording import RecordingConfig, record
+    from bioattn.models.train import load_default
+
+    config = RecordingConfig(
+        categories=args.categories,
+        attend_layers=args.attend_layers,
+        all_layers=args.all_layers,
+        betas=args.betas,
+        methods=args.methods,
+        image_type=args.image_type,
+        record_layers=args.record_layers,
+        full_maps=args.full_maps,
+        n_pos=args.n_pos,
+        n_neg=args.n_neg,
+        n_reference=args.n_reference,
+        seed=args.record_seed,
+        snr=args.snr,
+    )
+    trained = load_default(_train_settings(args), args.data_dir)
+    values = load_values(args.values, trained.network)
+    test = load_fashion_mnist("test", args.data_dir)
+    path = record(trained.network, values, test, args.out, config, detectors=trained.detectors)
+    print(f"recording written to {path}")
+    return 0
+
+
+def cmd_analyze_neural(args: argparse.Namespace) -> int:
+    """Neural analyses of a recording: CSV tables and figures."""
+    from bioattn.analysis.neural import analyze_recording
+    from bioattn.experiments.recording import open_recording
+
+    with open_recording(args.recording) as recording:
+        report = analyze_recording(
+            recording,
+            args.out,
+            analyses=args.analyses,
+            category=args.category,
+            min_relative_activity=args.min_activity,
+        )
+    for name, reason in report.skipped.items():
+        print(f"skipped {name}: {reason}")
+    if "fsgm_summary" in report.tables:
+        table = report.tables["fsgm_summary"]
+        table = table[table["relation"] != "upstream"]
+        columns = ["attended_layer", "method", "beta", "recorded_layer", "median_slope"]
+        print("FSGM test (median slope per rank, median intercept − 1):")
+        print(table[[*columns, "median_intercept_minus_1"]].to_string(index=False))
+    print(f"{len(report.files)} files written to {args.out}")
     return 0
 
 
@@ -267,6 +440,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/sweep"), help="results folder")
     p.set_defaults(func=cmd_sweep)
 
+    p = sub.add_parser(
+        "orientation", help="orientation detection: feature and spatial attention on gratings"
+    )
+    _add_data_dir(p)
+    _add_training(p)
+    p.add_argument(
+        "--orientations",
+        type=_csv,
+        default=None,
+        help="comma-separated orientations in degrees on the 0-160 grid (default all)",
+    )
+    p.add_argument(
+        "--spatial-layer",
+        default=None,
+        help="layer for the spatial/feature comparison (default: the last)",
+    )
+    p.add_argument("--n-pos", type=int, default=50, help="positives per orientation (50)")
+    p.add_argument("--n-neg", type=int, default=50, help="negatives per orientation (50)")
+    p.add_argument("--sweep-seed", type=int, default=0, help="seed of the test images (0)")
+    p.add_argument(
+        "--additive-spatial",
+        action="store_true",
+        help="also run the original additive feature+spatial combination",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/orientation"), help="results folder")
+    p.set_defaults(func=cmd_orientation)
+
+    p = sub.add_parser("cueing", help="spatial cueing: valid, neutral and invalid cues")
+    _add_data_dir(p)
+    _add_training(p)
+    _add_psychophysics_options(p)
+    p.add_argument(
+        "--betas",
+        type=_floats,
+        default=(0.0, 0.1, 0.25, 0.5, 0.75, 1.0),
+        help="spatial cue strengths (default 0,0.1,0.25,0.5,0.75,1)",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/cueing"), help="results folder")
+    p.set_defaults(func=cmd_cueing)
+
+    p = sub.add_parser("noise", help="detection in white noise with a feature cue")
+    _add_data_dir(p)
+    _add_training(p)
+    _add_psychophysics_options(p)
+    p.add_argument(
+        "--snrs",
+        type=_floats,
+        default=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0),
+        help="signal-to-noise power ratios (default 0.05 ... 20)",
+    )
+    p.add_argument("--beta", type=float, default=0.5, help="feature cue strength (0.5)")
+    p.add_argument("--out", type=Path, default=Path("runs/noise"), help="results folder")
+    p.set_defaults(func=cmd_noise)
+
     p = sub.add_parser("plot", help="draw the figures of a results folder")
     p.add_argument("run_dir", type=Path, help="results folder")
     p.set_defaults(func=cmd_plot)
@@ -282,6 +509,91 @@ def build_parser() -> argparse.ArgumentParser:
         help="a small version (2 categories, 3 β values, 20+20 images) for a smoke test",
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "record", help="record feature-map activity with and without feature attention"
+    )
+    _add_data_dir(p)
+    _add_training(p)
+    p.add_argument("--values", type=Path, required=True, help="values file from `bioattn values`")
+    p.add_argument("--out", type=Path, required=True, help="netCDF file to write")
+    p.add_argument(
+        "--attend-layers",
+        type=_csv,
+        default=None,
+        help="comma-separated layers to attend, one condition each (default all)",
+    )
+    p.add_argument(
+        "--all-layers", action="store_true", help="also attend every layer at once at β/10"
+    )
+    p.add_argument(
+        "--betas", type=_floats, default=(0.5,), help="attention strengths (default 0.5)"
+    )
+    p.add_argument(
+        "--methods",
+        type=_csv,
+        default=("tuning",),
+        help="comma-separated value types, as for sweeps (default tuning)",
+    )
+    p.add_argument(
+        "--categories",
+        "--category",
+        type=_csv,
+        default=None,
+        help="comma-separated attended categories (default all; the FSGM test needs 2 or more)",
+    )
+    p.add_argument(
+        "--image-type",
+        default="merged",
+        help="task images: merged, array, standard or noise (default merged; array adds "
+        "quadrant activity for the spatial analysis)",
+    )
+    p.add_argument(
+        "--record-layers", type=_csv, default=None, help="layers to record (default all)"
+    )
+    p.add_argument(
+        "--full-maps",
+        type=_csv,
+        default=(),
+        help="layers whose full maps are recorded too (large; default none)",
+    )
+    p.add_argument("--n-pos", type=int, default=75, help="positives per category (75)")
+    p.add_argument("--n-neg", type=int, default=75, help="negatives per category (75)")
+    p.add_argument(
+        "--n-reference",
+        type=int,
+        default=75,
+        help="standard images per category for vector angles (75; 0 for none)",
+    )
+    p.add_argument("--snr", type=float, default=None, help="SNR for the noise image type")
+    p.add_argument("--record-seed", type=int, default=0, help="seed of the stimulus sets (0)")
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("analyze", help="analyse recordings")
+    analyze = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+    q = analyze.add_parser(
+        "neural", help="FSGM test, modulation index, vector angle and spatial globality"
+    )
+    q.add_argument("recording", type=Path, help="recording from `bioattn record`")
+    q.add_argument("--out", type=Path, required=True, help="folder for tables and figures")
+    q.add_argument(
+        "--analyses",
+        type=_csv,
+        default=None,
+        help="comma-separated subset of fsgm, population, modulation, angle, spatial "
+        "(default: all the recording supports)",
+    )
+    q.add_argument(
+        "--category", default=None, help="attended category of the population scatter figure"
+    )
+    q.add_argument(
+        "--min-activity",
+        type=float,
+        default=1e-3,
+        help="maps whose unattended activity is below this fraction of their layer's mean get "
+        "no activity ratio (default 0.001)",
+    )
+    q.set_defaults(func=cmd_analyze_neural)
     return parser
 
 

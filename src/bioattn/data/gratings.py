@@ -134,10 +134,16 @@ def _random_gratings(
 
 
 def grating_image_set(
-    n_per_orientation: int, spec: GratingSpec = GratingSpec(), seed: int = 0, split: str = "train"
+    n_per_orientation: int,
+    spec: GratingSpec = GratingSpec(),
+    seed: int = 0,
+    split: str = "train",
+    in_quadrant: bool = False,
 ) -> ImageSet:
-    """Single full-field gratings, ``n_per_orientation`` of each grid orientation.
+    """Single gratings, ``n_per_orientation`` of each grid orientation.
 
+    Full-field ``spec.size`` images by default; with ``in_quadrant`` each grating fills one
+    random quadrant of a grey 2×2 layout (the geometry of the two-grating task images).
     Categories are the orientation names (``"0°"`` …). Use different seeds for the training
     and test splits; ``split`` is recorded so test sets can refuse training images.
     """
@@ -145,7 +151,14 @@ def grating_image_set(
         raise ConfigError(f"n_per_orientation must be at least 1, got {n_per_orientation}")
     generator = torch.Generator().manual_seed(seed)
     labels = torch.arange(len(ORIENTATIONS)).repeat_interleave(n_per_orientation)
-    return ImageSet(_random_gratings(labels, spec, generator), labels, ORIENTATION_NAMES, split)
+    if in_quadrant:
+        table = torch.full((labels.shape[0], len(QUADRANTS)), -1, dtype=torch.int64)
+        quadrant = torch.randint(len(QUADRANTS), (labels.shape[0],), generator=generator)
+        table[torch.arange(labels.shape[0]), quadrant] = labels
+        images = grating_pairs(table, spec, generator).images
+    else:
+        images = _random_gratings(labels, spec, generator)
+    return ImageSet(images, labels, ORIENTATION_NAMES, split)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,355 @@
+"""Classic attention experiments from psychology, run on the model.
+
+* **Spatial cueing** (Posner): 2×2 arrays of Fashion-MNIST objects; a cue directs spatial
+  attention (gain ``1 + β`` in the cued quadrant, ``max(0, 1 − β)`` elsewhere, on every map of
+  one layer) to a quadrant. *Valid*: positives are cued at the target's quadrant. *Invalid*:
+  positives are cued at another quadrant (uniformly among the three). Negatives hold no target;
+  in both cued conditions they are cued at the same uniformly drawn quadrant, so cue validity
+  only changes what happens on target-present trials. *Neutral*: no cue.
+* **Detection in noise** (Lupyan & Ward 2013): an object embedded in white noise at a range of
+  signal-to-noise ratios (power ratio var(image)/var(noise)); negatives are other objects in
+  noise. A feature cue applies feature similarity gain for the target category (tuning or
+  gradient values), or for a wrong category (the next one in the category list), at one layer
+  with a fixed β. Psychometric curves: performance and d′ against SNR; the threshold is the SNR
+  at which performance crosses 75 % (linear interpolation in log SNR).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from bioattn.analysis.figures import save_figure
+from bioattn.analysis.sdt import detection_metrics
+from bioattn.attention.gains import Modulation, SpatialCue, feature_gain
+from bioattn.attention.values import add_gradient_values, layer_values, variable_name
+from bioattn.data.composites import QUADRANTS
+from bioattn.data.imageset import ImageSet, resolve_category
+from bioattn.data.tasks import TaskSet, make_task_set
+from bioattn.errors import ConfigError, DataError
+from bioattn.experiments.sweep import PERFORMANCE_COLUMNS, target_logits
+from bioattn.models.detectors import Detectors
+from bioattn.models.network import LayerInfo, Network
+
+CUE_TYPES = ("valid", "neutral", "invalid")
+NOISE_CUES = ("none", "tuning", "gradient", "wrong-tuning", "wrong-gradient")
+PERFORMANCE_THRESHOLD = 0.75
+
+
+# --- spatial cueing ------------------------------------------------------------------------
+def cue_quadrants(task: TaskSet, validity: str, generator: torch.Generator) -> torch.Tensor:
+    """Cued quadrant per image (int64 (N,)) for a valid or invalid cue on an array task set."""
+    if validity not in ("valid", "invalid"):
+        raise ConfigError(f"cue validity must be 'valid' or 'invalid', got {validity!r}")
+    n = len(task)
+    random_cue = torch.randint(len(QUADRANTS), (n,), generator=generator)
+    offset = torch.randint(1, len(QUADRANTS), (n,), generator=generator)
+    target_quadrant = task.target_quadrant
+    positive = target_quadrant >= 0
+    if validity == "valid":
+        cued = torch.where(positive, target_quadrant, random_cue)
+    else:
+        cued = torch.where(positive, (target_quadrant + offset) % len(QUADRANTS), random_cue)
+    return cued
+
+
+def cued_logits(
+    network: Network,
+    detectors: Detectors,
+    task: TaskSet,
+    layer: LayerInfo,
+    quadrants: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """Target logits with each image's spatial attention on its own cued quadrant."""
+    logits = torch.empty(len(task))
+    for quadrant in quadrants.unique().tolist():
+        members = torch.nonzero(quadrants == quadrant).flatten()
+        subset = TaskSet(
+            task.images[members],
+            task.is_target[members],
+            task.contents[members],
+            task.target,
+            task.categories,
+            task.image_type,
+            task.split,
+        )
+        cue = {layer: Modulation(spatial=SpatialCue(int(quadrant), beta))}
+        logits[members] = target_logits(network, detectors, subset, cue)
+    return logits
+
+
+@dataclass(frozen=True)
+class CueingConfig:
+    """Spatial cueing settings; ``layer`` None means the last attendable layer."""
+
+    categories: tuple[str, ...] | None = None
+    layer: str | None = None
+    betas: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+    n_pos: int = 75
+    n_neg: int = 75
+    seed: int = 0
+
+
+def run_cueing(
+    network: Network,
+    detectors: Detectors,
+    test_images: ImageSet,
+    config: CueingConfig = CueingConfig(),
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Performance, d′ and criterion per cue type and β (performance-table columns)."""
+    if test_images.split == "train":
+        raise DataError("cueing test sets must not come from training images")
+    layer = network.resolve_layer(config.layer or network.layers[-1].alias)
+    categories = _categories(config.categories, detectors)
+    betas = sorted({0.0, *map(float, config.betas)})
+    rows = []
+    for k, category in enumerate(tqdm(categories, desc="cueing", disable=not progress)):
+        task = make_task_set(
+            test_images, category, "array", config.n_pos, config.n_neg, seed=config.seed * 7919 + k
+        )
+        base = {
+            "task": "cueing",
+            "image_type": "array",
+            "category": category,
+            "layer": layer.alias,
+            "layer_number": layer.number,
+        }
+        neutral = detection_metrics(target_logits(network, detectors, task), task.is_target)
+        for validity in CUE_TYPES:
+            generator = torch.Generator().manual_seed(config.seed * 104_729 + k)
+            quadrants = None if validity == "neutral" else cue_quadrants(task, validity, generator)
+            for beta in betas:
+                if quadrants is None or beta == 0.0:
+                    metrics = neutral
+                else:
+                    logits = cued_logits(network, detectors, task, layer, quadrants, beta)
+                    metrics = detection_metrics(logits, task.is_target)
+                rows.append({**base, "method": validity, "beta": beta, **metrics})
+    return pd.DataFrame(rows, columns=PERFORMANCE_COLUMNS)
+
+
+# --- detection in noise --------------------------------------------------------------------
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Detection-in-noise settings; ``layer`` None means the last layer but one.
+
+    The detectors were fitted on clean images, so noise mostly makes them say "absent"; the
+    SNR range reaches 20 so that uncued performance crosses the 75 % threshold.
+    """
+
+    categories: tuple[str, ...] | None = None
+    snrs: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
+    layer: str | None = None
+    beta: float = 0.5
+    cues: tuple[str, ...] = NOISE_CUES
+    gradient_snr: float = 0.2
+    n_pos: int = 75
+    n_neg: int = 75
+    seed: int = 0
+
+
+def noise_gradient_values(
+    values: xr.Dataset,
+    network: Network,
+    detectors: Detectors,
+    train_images: ImageSet,
+    snr: float,
+    n: int = 100,
+    seed: int = 0,
+) -> xr.Dataset:
+    """``values`` plus ``gradient_noise`` from training images in noise at ``snr``."""
+    tasks = {
+        category: make_task_set(
+            train_images, category, "noise", n, n, seed=20_000 + seed + k, snr=snr
+        )
+        for k, category in enumerate(detectors.categories)
+    }
+    return add_gradient_values(values, network, detectors, tasks, "noise")
+
+
+def _categories(requested: Sequence[str] | None, detectors: Detectors) -> list[str]:
+    if requested is None:
+        return list(detectors.categories)
+    return [detectors.categories[resolve_category(c, detectors.categories)] for c in requested]
+
+
+def run_noise_detection(
+    network: Network,
+    detectors: Detectors,
+    values: xr.Dataset,
+    test_images: ImageSet,
+    config: NoiseConfig = NoiseConfig(),
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Performance per (category, SNR, cue); the performance-table columns plus ``snr``."""
+    if test_images.split == "train":
+        raise DataError("noise test sets must not come from training images")
+    unknown = [c for c in config.cues if c not in NOISE_CUES]
+    if unknown:
+        raise ConfigError(f"unknown cues {unknown}; valid cues: {', '.join(NOISE_CUES)}")
+    if any(not (s > 0 and math.isfinite(s)) for s in config.snrs) or not config.snrs:
+        raise ConfigError(f"SNRs must be positive finite numbers, got {config.snrs}")
+    needs_gradient = any("gradient" in c for c in config.cues)
+    if needs_gradient and "gradient_noise" not in values:
+        raise ConfigError("gradient cues need 'gradient_noise' values (noise_gradient_values)")
+    layer = network.resolve_layer(config.layer or network.layers[-2].alias)
+    categories = _categories(config.categories, detectors)
+    all_categories = list(detectors.categories)
+    rows = []
+    total = len(categories) * len(config.snrs)
+    bar = tqdm(total=total, desc="detection in noise", disable=not progress)
+    for k, category in enumerate(categories):
+        wrong = all_categories[(all_categories.index(category) + 1) % len(all_categories)]
+        for snr in sorted(config.snrs):
+            task = make_task_set(
+                test_images,
+                category,
+                "noise",
+                config.n_pos,
+                config.n_neg,
+                seed=config.seed * 7919 + k,
+                snr=snr,
+            )
+            base = {
+                "task": "noise-detection",
+                "image_type": "noise",
+                "category": category,
+                "layer": layer.alias,
+                "layer_number": layer.number,
+                "snr": snr,
+            }
+            for cue in config.cues:
+                if cue == "none":
+                    modulations = {}
+                    beta = 0.0
+                else:
+                    source = cue.removeprefix("wrong-")
+                    cued = wrong if cue.startswith("wrong-") else category
+                    v = layer_values(values, variable_name(source, "noise"), cued, layer)
+                    modulations = {layer: Modulation(scale=feature_gain(v, config.beta))}
+                    beta = config.beta
+                logits = target_logits(network, detectors, task, modulations)
+                metrics = detection_metrics(logits, task.is_target)
+                rows.append({**base, "method": cue, "beta": beta, **metrics})
+            bar.update(1)
+    bar.close()
+    return pd.DataFrame(rows, columns=[*PERFORMANCE_COLUMNS, "snr"])
+
+
+def detection_thresholds(table: pd.DataFrame, level: float = PERFORMANCE_THRESHOLD) -> pd.DataFrame:
+    """Per cue: the SNR where the mean psychometric curve (across categories) first reaches
+    ``level``, and the median of the per-category thresholds (NaN where a curve never does)."""
+    rows = []
+    for method, group in table.groupby("method", sort=False):
+        curve = group.groupby("snr")["performance"].mean().sort_index()
+        per_category = [
+            _crossing(np.log10(g["snr"].to_numpy()), g["performance"].to_numpy(), level)
+            for _, g in group.sort_values("snr").groupby("category", sort=False)
+        ]
+        mean_threshold = _crossing(np.log10(curve.index.to_numpy()), curve.to_numpy(), level)
+        median = float(np.median(per_category))
+        rows.append(
+            {
+                "method": method,
+                "threshold_snr": 10**mean_threshold if np.isfinite(mean_threshold) else np.nan,
+                "median_category_threshold_snr": 10**median if np.isfinite(median) else np.nan,
+                "categories_crossing": int(np.isfinite(per_category).sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _crossing(x: np.ndarray, y: np.ndarray, level: float) -> float:
+    above = np.nonzero(y >= level)[0]
+    if above.size == 0:
+        return math.nan
+    i = int(above[0])
+    if i == 0:
+        return float(x[0])
+    x0, x1, y0, y1 = x[i - 1], x[i], y[i - 1], y[i]
+    return float(x0 + (level - y0) * (x1 - x0) / (y1 - y0))
+
+
+# --- figures -------------------------------------------------------------------------------
+def plot_cueing(table: pd.DataFrame, out_stem: Path) -> list[Path]:
+    """Performance, d′ and criterion against β for valid, neutral and invalid cues."""
+    from matplotlib.figure import Figure
+
+    means = table.groupby(["method", "beta"])[["performance", "dprime", "criterion"]].mean()
+    fig = Figure(figsize=(11, 3.4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    colours = {"valid": "tab:green", "neutral": "tab:grey", "invalid": "tab:purple"}
+    for ax, column, label in zip(
+        axes,
+        ["performance", "dprime", "criterion"],
+        ["performance", "d′", "criterion"],
+        strict=True,
+    ):
+        for cue in CUE_TYPES:
+            if cue in means.index.get_level_values("method"):
+                series = means.loc[cue, column]
+                ax.plot(series.index, series.values, "o-", color=colours[cue], label=cue)
+        ax.set_xlabel("β (spatial cue strength)")
+        ax.set_ylabel(label)
+    axes[0].legend(frameon=False)
+    layer = table["layer"].iloc[0]
+    fig.suptitle(f"spatial cueing on 2×2 arrays, cue at {layer} (mean across categories)")
+    return save_figure(fig, out_stem)
+
+
+def plot_psychometric(table: pd.DataFrame, out_stem: Path) -> list[Path]:
+    """Performance and d′ against SNR (log axis) for each cue."""
+    from matplotlib.figure import Figure
+
+    means = table.groupby(["method", "snr"])[["performance", "dprime"]].mean()
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, column, label in zip(
+        axes, ["performance", "dprime"], ["performance", "d′"], strict=True
+    ):
+        for cue in dict.fromkeys(table["method"]):
+            series = means.loc[cue, column]
+            ax.plot(series.index, series.values, "o-", label=cue)
+        ax.set_xscale("log")
+        ax.set_xlabel("SNR (signal power / noise power)")
+        ax.set_ylabel(label)
+    axes[0].axhline(PERFORMANCE_THRESHOLD, color="0.7", lw=0.8)
+    axes[0].legend(frameon=False, fontsize=8)
+    layer = table["layer"].iloc[0]
+    fig.suptitle(f"detection in noise with a feature cue at {layer} (mean across categories)")
+    return save_figure(fig, out_stem)
+
+
+# --- results folders -----------------------------------------------------------------------
+def write_cueing(table: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """Write the cueing table, its per-cue means and figure; return the means."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out_dir / "cueing.parquet", index=False)
+    means = (
+        table.groupby(["method", "beta"])[["tp", "fp", "performance", "dprime", "criterion"]]
+        .mean()
+        .reset_index()
+    )
+    means.to_csv(out_dir / "cueing_summary.csv", index=False)
+    plot_cueing(table, out_dir / "figures" / "cueing")
+    return means
+
+
+def write_noise(table: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """Write the detection-in-noise table, thresholds and psychometric figure; return thresholds."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out_dir / "noise_detection.parquet", index=False)
+    thresholds = detection_thresholds(table)
+    thresholds.to_csv(out_dir / "noise_thresholds.csv", index=False)
+    plot_psychometric(table, out_dir / "figures" / "psychometric")
+    return thresholds
