@@ -27,12 +27,13 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from bioattn.analysis.sdt import detection_metrics
-from bioattn.attention.gains import Modulation, feature_gain, modulate, response_gain_shift
+from bioattn.analysis.sdt import detection_metrics, detection_metrics_batch
+from bioattn.attention.gains import Modulation, feature_gain, response_gain_shift
 from bioattn.attention.values import check_values_match, layer_scales, layer_values, variable_name
 from bioattn.data.imageset import ImageSet, resolve_category
 from bioattn.data.tasks import IMAGE_TYPES, TaskSet, make_task_set
 from bioattn.errors import ConfigError, DataError
+from bioattn.experiments.engine import SweepEngine, naive_condition_logits, target_logits
 from bioattn.models.detectors import Detectors
 from bioattn.models.network import LayerInfo, Network
 
@@ -227,21 +228,6 @@ def hash_name(name: str) -> int:
     return sum((i + 1) * ord(ch) for i, ch in enumerate(name)) % 100_003
 
 
-def target_logits(
-    network: Network,
-    detectors: Detectors,
-    task: TaskSet,
-    modulations: dict[LayerInfo, Modulation] | None = None,
-    batch_size: int = 256,
-) -> torch.Tensor:
-    """Logits of ``task``'s target detector for each of its images under ``modulations``."""
-    target = detectors.index(task.target_name)
-    with modulate(network, modulations or {}):
-        features = network.readout_features(task.images, batch_size=batch_size)
-    with torch.no_grad():
-        return detectors.logits(features)[:, target]
-
-
 def build_test_sets(
     source: ImageSet, categories: Sequence[str], config: SweepConfig
 ) -> dict[tuple[str, str], TaskSet]:
@@ -265,6 +251,10 @@ def build_test_sets(
     return sets
 
 
+#: How :func:`run_sweep` evaluates conditions.
+ENGINES = ("batched", "naive")
+
+
 def run_sweep(
     network: Network,
     detectors: Detectors,
@@ -272,18 +262,41 @@ def run_sweep(
     test_images: ImageSet,
     config: SweepConfig = SweepConfig(),
     progress: bool = True,
+    engine: str | SweepEngine = "batched",
 ) -> pd.DataFrame:
     """Run the sweep and return the long-form performance table (see ``PERFORMANCE_COLUMNS``).
 
     β = 0 is evaluated once per (image type, category) and its row repeated for every
     (layer, method), since with β = 0 every rule leaves the network unchanged.
+
+    ``engine`` chooses how the other conditions are evaluated: ``"batched"`` (default) uses a
+    :class:`~bioattn.experiments.engine.SweepEngine` (the network before the attended layer runs
+    once per image set and layer; conditions run batched through the rest), ``"naive"`` runs
+    the whole network once per condition. Both give the same table (logits agree to float32
+    rounding). A configured ``SweepEngine`` may be passed instead (e.g. another memory budget).
     """
+    if isinstance(engine, str) and engine not in ENGINES:
+        raise ConfigError(f"unknown sweep engine {engine!r}; valid: {', '.join(ENGINES)}")
+    if isinstance(engine, SweepEngine) and (
+        engine.network is not network or engine.detectors is not detectors
+    ):
+        raise ConfigError("the SweepEngine passed to run_sweep was built for another model")
     resolved = resolve_sweep(config, network, detectors, values)
     for note in resolved.notes:
         warnings.warn(note, stacklevel=2)
     config = resolved.config
     tasks = build_test_sets(test_images, resolved.categories, config)
     source = _ValueSource(values, config)
+    if engine == "batched":
+        engine = SweepEngine(network, detectors, batch_size=config.batch_size)
+
+    def condition_logits(
+        task: TaskSet, conditions: list[dict[LayerInfo, Modulation]]
+    ) -> torch.Tensor:
+        if isinstance(engine, SweepEngine):
+            return engine.condition_logits(task, conditions)
+        return naive_condition_logits(network, detectors, task, conditions, config.batch_size)
+
     layer_settings: list[tuple[str, int, list[LayerInfo], float]] = [
         (layer.alias, layer.number, [layer], 1.0) for layer in resolved.layers
     ]
@@ -296,23 +309,36 @@ def run_sweep(
     for (image_type, category), task in tasks.items():
         base = {"task": config.task, "image_type": image_type, "category": category}
         is_target = task.is_target
-        baseline = detection_metrics(
-            target_logits(network, detectors, task, batch_size=config.batch_size), is_target
+        baseline_logits = (
+            engine.baseline_logits(task)
+            if isinstance(engine, SweepEngine)
+            else target_logits(network, detectors, task, batch_size=config.batch_size)
         )
+        baseline = detection_metrics(baseline_logits, is_target)
         bar.update(1)
         for alias, number, layers, factor in layer_settings:
+            # Every (method, β ≠ 0) of this layer setting, evaluated together.
+            keys = [(method, beta) for method in resolved.methods for beta in nonzero]
+            conditions = [
+                {
+                    layer: source.modulation(method, image_type, category, layer, beta * factor)
+                    for layer in layers
+                }
+                for method, beta in keys
+            ]
+            metrics = (
+                detection_metrics_batch(condition_logits(task, conditions), is_target)
+                if conditions
+                else {}
+            )
+            by_key = {
+                key: {name: column[i].item() for name, column in metrics.items()}
+                for i, key in enumerate(keys)
+            }
             for method in resolved.methods:
                 common = {**base, "layer": alias, "layer_number": number, "method": method.name}
                 rows.append({**common, "beta": 0.0, **baseline})
-                for beta in nonzero:
-                    modulations = {
-                        layer: source.modulation(method, image_type, category, layer, beta * factor)
-                        for layer in layers
-                    }
-                    logits = target_logits(
-                        network, detectors, task, modulations, batch_size=config.batch_size
-                    )
-                    rows.append({**common, "beta": beta, **detection_metrics(logits, is_target)})
-                    bar.update(1)
+                rows.extend({**common, "beta": beta, **by_key[(method, beta)]} for beta in nonzero)
+            bar.update(len(keys))
     bar.close()
     return pd.DataFrame(rows, columns=PERFORMANCE_COLUMNS)
