@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 from bioattn.errors import BioattnError, ConfigError
 
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command runs
-    from bioattn.experiments.orientation import OrientationConfig
     from bioattn.experiments.sweep import SweepConfig
     from bioattn.models.train import TrainSettings
 
@@ -204,42 +203,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     for path in plot_run(args.run_dir):
         print(path)
-    return 0
-
-
-def _orientation_config(args: argparse.Namespace) -> OrientationConfig:
-    from bioattn.experiments.orientation import OrientationConfig
-
-    return OrientationConfig(
-        orientations=args.orientations,
-        spatial_layer=args.spatial_layer,
-        n_pos=args.n_pos,
-        n_neg=args.n_neg,
-        seed=args.sweep_seed,
-        additive_spatial=args.additive_spatial,
-    )
-
-
-def _print_orientation(result: dict) -> None:
-    from bioattn.experiments.orientation import criterion_sensitivity_table
-    from bioattn.experiments.replication import format_summary
-
-    print("orientation task, performance increase from feature attention (pp, mean ± SEM):")
-    print(format_summary(result["feature_summary"]))
-    print("\ncriterion vs sensitivity at the spatial layer (mean across orientations):")
-    table = criterion_sensitivity_table(result["spatial_table"])
-    print(table.round(3).to_string(index=False))
-
-
-def cmd_orientation(args: argparse.Namespace) -> int:
-    """Orientation detection with feature attention, and spatial attention to a quadrant."""
-    from bioattn.experiments.orientation import run_orientation
-    from bioattn.models.train import load_default
-
-    trained = load_default(_train_settings(args), args.data_dir)
-    result = run_orientation(trained.network, args.out, _orientation_config(args))
-    _print_orientation(result)
-    print(f"\nresults in {args.out}/orientation and {args.out}/spatial")
     return 0
 
 
@@ -439,33 +402,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--values", type=Path, required=True, help="values file from `bioattn values`")
     p.add_argument("--out", type=Path, default=Path("runs/sweep"), help="results folder")
     p.set_defaults(func=cmd_sweep)
-
-    p = sub.add_parser(
-        "orientation", help="orientation detection: feature and spatial attention on gratings"
-    )
-    _add_data_dir(p)
-    _add_training(p)
-    p.add_argument(
-        "--orientations",
-        type=_csv,
-        default=None,
-        help="comma-separated orientations in degrees on the 0-160 grid (default all)",
-    )
-    p.add_argument(
-        "--spatial-layer",
-        default=None,
-        help="layer for the spatial/feature comparison (default: the last)",
-    )
-    p.add_argument("--n-pos", type=int, default=50, help="positives per orientation (50)")
-    p.add_argument("--n-neg", type=int, default=50, help="negatives per orientation (50)")
-    p.add_argument("--sweep-seed", type=int, default=0, help="seed of the test images (0)")
-    p.add_argument(
-        "--additive-spatial",
-        action="store_true",
-        help="also run the original additive feature+spatial combination",
-    )
-    p.add_argument("--out", type=Path, default=Path("runs/orientation"), help="results folder")
-    p.set_defaults(func=cmd_orientation)
 
     p = sub.add_parser("cueing", help="spatial cueing: valid, neutral and invalid cues")
     _add_data_dir(p)
