@@ -309,7 +309,7 @@ def test_mismatch_lists_missing_unexpected_and_shapes(tmp_path: Path) -> None:
     assert "1 missing keys" in message and "features.12.bias" in message
     assert "1 unexpected keys" in message and "head.weight" in message
     assert "shape mismatches" in message
-    assert "features.0.weight: file (4, 1, 3, 3) vs model (32, 1, 3, 3)" in message
+    assert "features.0.weight: file (4, 1, 3, 3) vs model (16, 1, 3, 3)" in message
     model = FashionVGG()
     before = model.features[0].weight.clone()
     path = tmp_path / "wrong.pth"
