@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bioattn.data.fashion_mnist import FASHION_MNIST_CATEGORIES
 from bioattn.errors import ConfigError, WeightsError
 from bioattn.models.network import Network
 from bioattn.models.weights import load_state_dict_file, load_weights
@@ -42,18 +43,8 @@ DEFAULT_FASHION_WIDTHS = (16, 32, 64)
 FASHION_MEAN = (0.2860,)
 FASHION_STD = (0.3530,)
 
-FASHION_CATEGORIES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+#: Category names of the default network's classifier head (Fashion-MNIST's classes).
+FASHION_CATEGORIES = FASHION_MNIST_CATEGORIES
 
 #: Conv layer indices in torchvision's VGG-16 ``features`` (configuration "D").
 VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
