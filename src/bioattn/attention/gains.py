@@ -78,7 +78,7 @@ class Modulation:
         return out
 
 
-def _as_nchw(t: torch.Tensor) -> torch.Tensor:
+def as_nchw(t: torch.Tensor) -> torch.Tensor:
     """View a (C,) gain as (1, C, 1, 1) and an (H, W) map as (1, 1, H, W); 4-D passes through."""
     if t.ndim == 1:
         return t.view(1, -1, 1, 1)
@@ -90,7 +90,7 @@ def _as_nchw(t: torch.Tensor) -> torch.Tensor:
 
 
 def _broadcastable(t: torch.Tensor, activity: torch.Tensor) -> torch.Tensor:
-    return _as_nchw(t).to(dtype=activity.dtype, device=activity.device)
+    return as_nchw(t).to(dtype=activity.dtype, device=activity.device)
 
 
 def feature_gain(values: torch.Tensor, beta: float, positive_only: bool = False) -> torch.Tensor:

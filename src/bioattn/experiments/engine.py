@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
-from bioattn.attention.gains import Modulation, modulate
+from bioattn.attention.gains import Modulation, as_nchw, modulate
 from bioattn.data.tasks import TaskSet
 from bioattn.errors import ConfigError
 from bioattn.models.detectors import Detectors
@@ -313,15 +313,10 @@ def _get_attr(module: nn.Module, target: str) -> object:
 
 
 def _nchw(t: torch.Tensor) -> torch.Tensor:
-    """A modulation tensor as (1, a, b, c) broadcasting against (N, C, H, W)."""
-    if t.ndim == 1:
-        return t.view(1, -1, 1, 1)
-    if t.ndim == 2:
-        return t.view(1, 1, *t.shape)
-    if t.ndim == 3:
-        return t.unsqueeze(0)
-    if t.ndim == 4 and t.shape[0] == 1:
-        return t
+    """A modulation tensor as (1, a, b, c); the engine needs one shared by every image."""
+    shaped = as_nchw(t)
+    if shaped.ndim == 4 and shaped.shape[0] == 1:
+        return shaped
     raise ConfigError(
         f"the sweep engine batches modulations that are the same for every image; got a "
         f"tensor of shape {tuple(t.shape)} (use (C,), (H, W), (C, H, W) or (1, C, H, W))"
