@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from bioattn.analysis.sdt import detection_metrics
-from bioattn.attention.gains import Modulation, feature_gain
+from bioattn.attention.gains import Modulation, SpatialCue, feature_gain, modulate
 from bioattn.attention.values import add_gradient_values, layer_values, tuning_values
 from bioattn.data.tasks import make_task_set
 from bioattn.errors import CategoryError, ConfigError, DataError, LayerError
@@ -149,3 +151,104 @@ def test_sweep_is_deterministic(tiny_network, tiny_detectors, values, test_image
     first = run_sweep(tiny_network, tiny_detectors, values, test_images, CONFIG, progress=False)
     second = run_sweep(tiny_network, tiny_detectors, values, test_images, CONFIG, progress=False)
     pd.testing.assert_frame_equal(first, second)
+
+
+def test_spatial_method_parsing():
+    spatial = parse_method("spatial")
+    assert (spatial.source, spatial.spatial, spatial.spatial_additive) == (None, True, False)
+    both = parse_method("spatial+shuffled-tuning-additive")
+    assert (both.source, both.shuffled, both.spatial, both.spatial_additive) == (
+        "tuning",
+        True,
+        True,
+        True,
+    )
+    assert parse_method("spatial-additive").spatial_additive
+    for bad in ("spatial+response-tuning", "spatial+", "spatial-tuning", "spatially"):
+        with pytest.raises(ConfigError, match="spatial"):
+            parse_method(bad)
+
+
+@pytest.fixture
+def cued_tasks(test_images):
+    """Merged task sets with a cued quadrant (a per category), as prebuilt tasks for run_sweep."""
+    return {
+        ("merged", name): replace(
+            make_task_set(test_images, name, "merged", n_pos=6, n_neg=6, seed=k),
+            cued_quadrant=k,
+        )
+        for k, name in enumerate("abcd")
+    }
+
+
+SPATIAL = replace(
+    CONFIG,
+    methods=("spatial", "tuning", "spatial+tuning", "spatial+gradient-additive"),
+    betas=(0.0, 0.3, 1.0),
+)
+
+
+def test_spatial_sweep_applies_the_tasks_cue(tiny_network, tiny_detectors, values, cued_tasks):
+    table = run_sweep(
+        tiny_network, tiny_detectors, values, None, SPATIAL, progress=False, tasks=cued_tasks
+    )
+    assert set(table["method"]) == set(SPATIAL.methods)
+    layer = tiny_network.layers[0]
+    row = table.query("category == 'c' and layer == @layer.alias and method == 'spatial+tuning'")
+    row = row.loc[row["beta"] == 0.3].iloc[0]
+    task = cued_tasks[("merged", "c")]
+    modulation = Modulation(
+        scale=feature_gain(layer_values(values, "tuning", "c", layer), 0.3),
+        spatial=SpatialCue(2, 0.3),
+    )
+    with modulate(tiny_network, {layer: modulation}):
+        expected = detection_metrics(
+            target_logits(tiny_network, tiny_detectors, task), task.is_target
+        )
+    assert row["tp"] == pytest.approx(expected["tp"]) and row["fp"] == pytest.approx(expected["fp"])
+    naive = run_sweep(
+        tiny_network,
+        tiny_detectors,
+        values,
+        None,
+        SPATIAL,
+        progress=False,
+        engine="naive",
+        tasks=cued_tasks,
+    )
+    pd.testing.assert_frame_equal(table, naive, check_exact=False, rtol=1e-9, atol=1e-9)
+
+
+def test_prebuilt_tasks_are_checked(tiny_network, tiny_detectors, values, test_images, cued_tasks):
+    with pytest.raises(ConfigError, match="spatial methods need task sets with a cued quadrant"):
+        run_sweep(tiny_network, tiny_detectors, values, test_images, SPATIAL, progress=False)
+    partial = {key: task for key, task in cued_tasks.items() if key[1] != "d"}
+    with pytest.raises(ConfigError, match=r"no task set for \[\('merged', 'd'\)\]"):
+        run_sweep(
+            tiny_network, tiny_detectors, values, None, SPATIAL, progress=False, tasks=partial
+        )
+    uncued = {
+        **cued_tasks,
+        ("merged", "a"): replace(cued_tasks[("merged", "a")], cued_quadrant=None),
+    }
+    with pytest.raises(ConfigError, match="need a cued quadrant"):
+        run_sweep(tiny_network, tiny_detectors, values, None, SPATIAL, progress=False, tasks=uncued)
+    with pytest.raises(ConfigError, match="test images or prebuilt task sets"):
+        run_sweep(tiny_network, tiny_detectors, values, None, CONFIG, progress=False)
+
+
+def test_a_sweep_over_some_categories_sees_the_same_images(
+    tiny_network, tiny_detectors, values, test_images
+):
+    full = run_sweep(tiny_network, tiny_detectors, values, test_images, CONFIG, progress=False)
+    some = run_sweep(
+        tiny_network,
+        tiny_detectors,
+        values,
+        test_images,
+        replace(CONFIG, categories=("c",)),
+        progress=False,
+    )
+    pd.testing.assert_frame_equal(
+        some, full.loc[full["category"] == "c"].reset_index(drop=True), check_exact=True
+    )

@@ -77,7 +77,7 @@ from bioattn.analysis.neural import (
     UNATTENDED,
 )
 from bioattn.attention.gains import Modulation, modulate
-from bioattn.attention.values import check_values_match, variable_name
+from bioattn.attention.values import check_values_match
 from bioattn.data.composites import QUADRANTS, quadrant_slices
 from bioattn.data.imageset import ImageSet, resolve_category
 from bioattn.data.tasks import IMAGE_TYPES, TaskSet, make_task_set
@@ -214,10 +214,12 @@ def _check_methods(methods: Sequence[str], values: xr.Dataset, image_type: str) 
         raise ConfigError("no methods given; e.g. tuning or tuning,gradient")
     parsed = [parse_method(m) for m in methods]
     for method in parsed:
-        needed = [] if method.source == "uniform" else [variable_name(method.source, image_type)]
-        if method.additive:
-            needed.append("mean_activity")
-        missing = [v for v in needed if v not in values]
+        if method.spatial:
+            raise ConfigError(
+                f"method {method.name!r}: recordings take feature attention only (tuning, "
+                "gradient, uniform and their variants); spatial cues need a cued task"
+            )
+        missing = [v for v in method.needed_values(image_type) if v not in values]
         if missing:
             raise ConfigError(
                 f"method {method.name!r} on {image_type} images needs values {missing}, which "

@@ -8,6 +8,11 @@ A *method* names a gain rule and the values it uses:
 ``uniform``               every map scaled by ``max(0, 1 + β)`` (v = 1): a gain control
 ``shuffled-…``            values permuted across the maps of the layer (seeded): control
 ``response-…``            additive response gain ``β·v·B_l``, B_l the layer's mean activity
+``spatial``               gain ``1 + β`` inside the task's cued quadrant, ``max(0, 1 − β)``
+                          outside, on every map (needs task sets with a cued quadrant)
+``spatial+…``             spatial and feature gain together, e.g. ``spatial+tuning``: the two
+                          factors multiplied; suffix ``-additive`` adds them instead, as the
+                          original code did (``g_feature + g_spatial − 1``, unclamped)
 ========================  ==============================================================
 
 Each (category, layer, method, β) is one condition: the attended category's detector reads
@@ -18,7 +23,7 @@ do). With ``all_layers`` the rule is applied at every layer at once with strengt
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -28,10 +33,10 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from bioattn.analysis.sdt import detection_metrics, detection_metrics_batch
-from bioattn.attention.gains import Modulation, feature_gain, response_gain_shift
+from bioattn.attention.gains import Modulation, SpatialCue, feature_gain, response_gain_shift
 from bioattn.attention.values import check_values_match, layer_scales, layer_values, variable_name
 from bioattn.data.imageset import ImageSet, resolve_category
-from bioattn.data.tasks import IMAGE_TYPES, TaskSet, make_task_set
+from bioattn.data.tasks import BUILT_IMAGE_TYPES, IMAGE_TYPES, TaskSet, make_task_set
 from bioattn.errors import ConfigError, DataError
 from bioattn.experiments.engine import SweepEngine, naive_condition_logits, target_logits
 from bioattn.models.detectors import Detectors
@@ -64,18 +69,48 @@ PERFORMANCE_COLUMNS = [
 
 @dataclass(frozen=True)
 class Method:
-    """A parsed method name: which values, which rule, which control."""
+    """A parsed method name: which values, which rule, which control, which spatial cue."""
 
     name: str
-    source: str  # "tuning", "gradient" or "uniform"
+    source: str | None  # "tuning", "gradient", "uniform", or None for spatial attention alone
     additive: bool = False
     positive_only: bool = False
     shuffled: bool = False
+    spatial: bool = False
+    spatial_additive: bool = False
+
+    def needed_values(self, image_type: str) -> list[str]:
+        """Variables of a values file this method reads on ``image_type`` images."""
+        needed = (
+            [] if self.source in (None, "uniform") else [variable_name(self.source, image_type)]
+        )
+        if self.additive:
+            needed.append("mean_activity")
+        return needed
+
+
+_METHOD_HELP = (
+    "valid: tuning, gradient, uniform, optionally prefixed 'response-' (additive) and/or "
+    "'shuffled-', or suffixed '-positive' (e.g. shuffled-gradient, response-tuning, "
+    "gradient-positive); spatial attention: 'spatial' alone or 'spatial+' one of those "
+    "multiplicative feature methods, optionally suffixed '-additive' (e.g. spatial+gradient, "
+    "spatial+tuning-additive)"
+)
 
 
 def parse_method(name: str) -> Method:
-    """Parse a method name such as ``gradient``, ``shuffled-tuning`` or ``response-gradient``."""
-    parts = name.split("-")
+    """Parse a method name such as ``gradient``, ``shuffled-tuning`` or ``spatial+tuning``."""
+    spatial = spatial_additive = False
+    feature = name
+    if name == "spatial" or name.startswith("spatial+") or name.startswith("spatial-"):
+        spatial = True
+        feature = name.removeprefix("spatial")
+        if feature.endswith("additive"):
+            spatial_additive, feature = True, feature.removesuffix("additive").removesuffix("-")
+        if not feature:
+            return Method(name, None, spatial=True, spatial_additive=spatial_additive)
+        feature = feature.removeprefix("+")
+    parts = feature.split("-")
     additive = shuffled = positive_only = False
     if parts and parts[0] == "response":
         additive, parts = True, parts[1:]
@@ -86,12 +121,13 @@ def parse_method(name: str) -> Method:
     if len(parts) == 1 and parts[0] in ("tuning", "gradient", "uniform"):
         if parts[0] == "uniform" and (shuffled or positive_only):
             raise ConfigError(f"method {name!r}: uniform gain cannot be shuffled or positive-only")
-        return Method(name, parts[0], additive, positive_only, shuffled)
-    raise ConfigError(
-        f"unknown method {name!r}; valid: tuning, gradient, uniform, optionally prefixed "
-        "'response-' (additive) and/or 'shuffled-', or suffixed '-positive' "
-        "(e.g. shuffled-gradient, response-tuning, gradient-positive)"
-    )
+        if spatial and additive:
+            raise ConfigError(
+                f"method {name!r}: a spatial cue combines with a feature gain, not with an "
+                "additive response gain; " + _METHOD_HELP
+            )
+        return Method(name, parts[0], additive, positive_only, shuffled, spatial, spatial_additive)
+    raise ConfigError(f"unknown method {name!r}; " + _METHOD_HELP)
 
 
 @dataclass(frozen=True)
@@ -129,9 +165,18 @@ class ResolvedSweep:
 
 
 def resolve_sweep(
-    config: SweepConfig, network: Network, detectors: Detectors, values: xr.Dataset
+    config: SweepConfig,
+    network: Network,
+    detectors: Detectors,
+    values: xr.Dataset,
+    tasks: Mapping[tuple[str, str], TaskSet] | None = None,
 ) -> ResolvedSweep:
-    """Check every name and setting before any long work; add β = 0 when it is missing."""
+    """Check every name and setting before any long work; add β = 0 when it is missing.
+
+    With prebuilt ``tasks`` (keyed by (image type, category)) the image types may also be
+    those built elsewhere (e.g. ``gratings``), and every (image type, category) of the sweep
+    must have its task set; spatial methods need each set's cued quadrant.
+    """
     notes: list[str] = []
     betas = tuple(sorted({float(b) for b in config.betas}))
     if not betas:
@@ -141,9 +186,13 @@ def resolve_sweep(
     if 0.0 not in betas:
         betas = (0.0, *betas)
         notes.append("β = 0 was missing from the grid and has been added (it is the baseline)")
+    known_types = IMAGE_TYPES if tasks is None else IMAGE_TYPES + BUILT_IMAGE_TYPES
     for image_type in config.image_types:
-        if image_type not in IMAGE_TYPES:
-            raise ConfigError(f"unknown image type {image_type!r}; valid: {', '.join(IMAGE_TYPES)}")
+        if image_type not in known_types:
+            raise ConfigError(
+                f"unknown image type {image_type!r}; valid: {', '.join(known_types)}"
+                + ("" if tasks is not None else f" ({', '.join(BUILT_IMAGE_TYPES)}: pass tasks)")
+            )
     if "noise" in config.image_types and config.snr is None:
         raise ConfigError("image type 'noise' needs an SNR (--snr)")
     if config.n_pos < 1 or config.n_neg < 1:
@@ -173,23 +222,41 @@ def resolve_sweep(
             f"{list(detectors.categories)}"
         )
     for method in methods:
-        if method.source == "uniform" and not method.additive:
-            continue
-        needed = (
-            ["mean_activity"]
-            if method.source == "uniform"
-            else [variable_name(method.source, t) for t in config.image_types]
-        )
-        if method.additive:
-            needed.append("mean_activity")
-        missing = [v for v in needed if v not in values]
+        needed = {v for t in config.image_types for v in method.needed_values(t)}
+        missing = sorted(v for v in needed if v not in values)
         if missing:
             raise ConfigError(
                 f"method {method.name!r} needs values {missing}, which the values file lacks; "
                 "compute them with `bioattn values` for these image types"
             )
+    if tasks is not None:
+        _check_tasks(tasks, config.image_types, categories, methods)
+    elif any(m.spatial for m in methods):
+        raise ConfigError(
+            "spatial methods need task sets with a cued quadrant (e.g. the orientation task, "
+            "`bioattn orientation`); pass them as tasks"
+        )
     config = replace(config, betas=betas)
     return ResolvedSweep(config, categories, layers, methods, notes)
+
+
+def _check_tasks(
+    tasks: Mapping[tuple[str, str], TaskSet],
+    image_types: Sequence[str],
+    categories: Sequence[str],
+    methods: Sequence[Method],
+) -> None:
+    missing = [(t, c) for t in image_types for c in categories if (t, c) not in tasks]
+    if missing:
+        raise ConfigError(
+            f"no task set for {missing[:4]}{' …' if len(missing) > 4 else ''}; the task sets "
+            f"given cover {sorted(tasks)[:8]}"
+        )
+    uncued = [key for key in tasks if tasks[key].cued_quadrant is None]
+    if uncued and any(m.spatial for m in methods):
+        raise ConfigError(
+            f"spatial methods need a cued quadrant, but the task sets {uncued[:4]} have none"
+        )
 
 
 class _ValueSource:
@@ -203,6 +270,8 @@ class _ValueSource:
     def vector(
         self, method: Method, image_type: str, category: str, layer: LayerInfo
     ) -> torch.Tensor:
+        if method.source is None:
+            raise ConfigError(f"method {method.name!r} uses no values")
         if method.source == "uniform":
             return torch.ones(layer.channels)
         v = layer_values(self.values, variable_name(method.source, image_type), category, layer)
@@ -214,13 +283,27 @@ class _ValueSource:
         return v
 
     def modulation(
-        self, method: Method, image_type: str, category: str, layer: LayerInfo, beta: float
+        self,
+        method: Method,
+        image_type: str,
+        category: str,
+        layer: LayerInfo,
+        beta: float,
+        cued_quadrant: int | None = None,
     ) -> Modulation:
+        """The method's modulation of ``layer`` at strength ``beta`` (spatial: on the cue)."""
+        cue = None
+        if method.spatial:
+            if cued_quadrant is None:
+                raise ConfigError(f"method {method.name!r} needs a cued quadrant")
+            cue = SpatialCue(int(cued_quadrant), beta, additive=method.spatial_additive)
+        if method.source is None:
+            return Modulation(spatial=cue)
         v = self.vector(method, image_type, category, layer)
         if method.additive:
             shift = response_gain_shift(v, beta, self.scales[layer.alias], method.positive_only)
             return Modulation(shift=shift)
-        return Modulation(scale=feature_gain(v, beta, method.positive_only))
+        return Modulation(scale=feature_gain(v, beta, method.positive_only), spatial=cue)
 
 
 def hash_name(name: str) -> int:
@@ -231,14 +314,19 @@ def hash_name(name: str) -> int:
 def build_test_sets(
     source: ImageSet, categories: Sequence[str], config: SweepConfig
 ) -> dict[tuple[str, str], TaskSet]:
-    """Test task sets per (image type, category), from ``source`` (which must not be training)."""
+    """Test task sets per (image type, category), from ``source`` (which must not be training).
+
+    Each set's seed depends on the category's place in ``source.categories``, not in
+    ``categories``, so a sweep over some categories sees the same images as a sweep over all.
+    """
     if source.split == "train":
         raise DataError(
             "test task sets must not be built from training images; pass the test split"
         )
     sets = {}
     for image_type in config.image_types:
-        for k, category in enumerate(categories):
+        for category in categories:
+            k = resolve_category(category, source.categories)
             sets[(image_type, category)] = make_task_set(
                 source,
                 category,
@@ -259,10 +347,11 @@ def run_sweep(
     network: Network,
     detectors: Detectors,
     values: xr.Dataset,
-    test_images: ImageSet,
+    test_images: ImageSet | None,
     config: SweepConfig = SweepConfig(),
     progress: bool = True,
     engine: str | SweepEngine = "batched",
+    tasks: Mapping[tuple[str, str], TaskSet] | None = None,
 ) -> pd.DataFrame:
     """Run the sweep and return the long-form performance table (see ``PERFORMANCE_COLUMNS``).
 
@@ -274,6 +363,9 @@ def run_sweep(
     once per image set and layer; conditions run batched through the rest), ``"naive"`` runs
     the whole network once per condition. Both give the same table (logits agree to float32
     rounding). A configured ``SweepEngine`` may be passed instead (e.g. another memory budget).
+
+    ``tasks`` gives prebuilt test task sets keyed by (image type, category) (e.g. the orientation
+    task's two-grating images); ``test_images`` is then not used and may be ``None``.
     """
     if isinstance(engine, str) and engine not in ENGINES:
         raise ConfigError(f"unknown sweep engine {engine!r}; valid: {', '.join(ENGINES)}")
@@ -281,11 +373,16 @@ def run_sweep(
         engine.network is not network or engine.detectors is not detectors
     ):
         raise ConfigError("the SweepEngine passed to run_sweep was built for another model")
-    resolved = resolve_sweep(config, network, detectors, values)
+    resolved = resolve_sweep(config, network, detectors, values, tasks)
     for note in resolved.notes:
         warnings.warn(note, stacklevel=2)
     config = resolved.config
-    tasks = build_test_sets(test_images, resolved.categories, config)
+    if tasks is None:
+        if test_images is None:
+            raise ConfigError("run_sweep needs test images or prebuilt task sets (tasks=)")
+        tasks = build_test_sets(test_images, resolved.categories, config)
+    else:
+        tasks = {(t, c): tasks[(t, c)] for t in config.image_types for c in resolved.categories}
     source = _ValueSource(values, config)
     if engine == "batched":
         engine = SweepEngine(network, detectors, batch_size=config.batch_size)
@@ -321,7 +418,9 @@ def run_sweep(
             keys = [(method, beta) for method in resolved.methods for beta in nonzero]
             conditions = [
                 {
-                    layer: source.modulation(method, image_type, category, layer, beta * factor)
+                    layer: source.modulation(
+                        method, image_type, category, layer, beta * factor, task.cued_quadrant
+                    )
                     for layer in layers
                 }
                 for method, beta in keys
