@@ -273,6 +273,41 @@ def cmd_noise(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_orientation(args: argparse.Namespace) -> int:
+    """Orientation detection with feature attention; spatial vs feature attention at one layer."""
+    from bioattn.data.gratings import GratingSpec
+    from bioattn.experiments.orientation import OrientationConfig, run_orientation
+    from bioattn.models.train import load_default
+
+    trained = load_default(_train_settings(args), args.data_dir)
+    config = OrientationConfig(
+        spec=GratingSpec(cycles_per_pixel=args.cycles_per_pixel, contrast=args.contrast),
+        orientations=args.orientations,
+        betas=args.betas,
+        spatial_betas=args.spatial_betas,
+        spatial_layer=args.layer,
+        n_pos=args.n_pos,
+        n_neg=args.n_neg,
+        seed=args.sweep_seed,
+        additive_spatial=args.additive,
+    )
+    result = run_orientation(trained.network, args.out, config)
+    _print_orientation(result)
+    print(f"results in {args.out}")
+    return 0
+
+
+def _print_orientation(result: dict) -> None:
+    from bioattn.experiments.replication import format_summary
+
+    print("orientation detection, performance increase (pp, mean ± SEM across orientations):")
+    print(format_summary(result["feature_summary"]))
+    table = result["criterion_sensitivity"]
+    print("\nspatial vs feature attention at one layer (means across orientations):")
+    columns = ["method", "beta", "tp", "fp", "performance", "dprime", "criterion"]
+    print(table[columns].round(3).to_string(index=False))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole replication on the embedded default (Fashion-MNIST)."""
     from dataclasses import replace
@@ -290,6 +325,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     started = time.perf_counter()
     result = run_replication(args.out, config, _train_settings(args), args.data_dir)
+    if args.all:
+        _demo_extras(args, Path(args.out))
     metrics = result["metrics"]
     print()
     print(
@@ -307,6 +344,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"took {time.perf_counter() - started:.0f} s"
     )
     return 0
+
+
+def _demo_extras(args: argparse.Namespace, out: Path) -> None:
+    """``demo --all``: the orientation/spatial, cueing and noise experiments as well."""
+    from bioattn.data.fashion_mnist import load_fashion_mnist
+    from bioattn.experiments.orientation import OrientationConfig, run_orientation
+    from bioattn.experiments.psychophysics import CueingConfig, run_cueing, write_cueing
+    from bioattn.models.train import load_default
+
+    trained = load_default(_train_settings(args), args.data_dir)
+    small = {"n_pos": 20, "n_neg": 20} if args.quick else {}
+    orientation = OrientationConfig(
+        orientations=("0°", "80°") if args.quick else None,
+        betas=(0.0, 0.5, 2.0) if args.quick else OrientationConfig().betas,
+        **small,
+    )
+    _print_orientation(run_orientation(trained.network, out / "orientation", orientation))
+    cueing = CueingConfig(categories=("Trouser", "Bag") if args.quick else None, **small)
+    means = write_cueing(
+        run_cueing(
+            trained.network,
+            trained.detectors,
+            load_fashion_mnist("test", args.data_dir),
+            cueing,
+        ),
+        out / "cueing",
+    )
+    print("\nspatial cueing on arrays (means across categories):")
+    print(means.round(3).to_string(index=False))
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -444,7 +510,55 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a small version (2 categories, 3 β values, 20+20 images) for a smoke test",
     )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="also run the orientation/spatial and spatial cueing experiments (in OUT/orientation "
+        "and OUT/cueing)",
+    )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "orientation",
+        help="orientation detection with feature attention; spatial vs feature attention",
+    )
+    _add_data_dir(p)
+    _add_training(p)
+    p.add_argument(
+        "--orientations",
+        type=_csv,
+        default=None,
+        help="comma-separated orientations on the grid 0°,20°,...,160° (default all nine)",
+    )
+    p.add_argument(
+        "--betas",
+        type=_floats,
+        default=(0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0),
+        help="feature attention strengths of the layer sweep (default 0,0.1,0.25,0.5,1,2,4)",
+    )
+    p.add_argument(
+        "--spatial-betas",
+        type=_floats,
+        default=(0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0),
+        help="strengths of the spatial/feature comparison (default 0,0.1,0.2,0.3,0.5,0.75,1)",
+    )
+    p.add_argument(
+        "--layer", default=None, help="layer of the spatial/feature comparison (default last)"
+    )
+    p.add_argument(
+        "--additive",
+        action="store_true",
+        help="also combine spatial and feature gains additively, as the original code did",
+    )
+    p.add_argument(
+        "--cycles-per-pixel", type=float, default=0.12, help="grating frequency (default 0.12)"
+    )
+    p.add_argument("--contrast", type=float, default=1.0, help="grating contrast 0–1 (default 1)")
+    p.add_argument("--n-pos", type=int, default=50, help="positives per orientation (50)")
+    p.add_argument("--n-neg", type=int, default=50, help="negatives per orientation (50)")
+    p.add_argument("--sweep-seed", type=int, default=0, help="seed of the test sets (0)")
+    p.add_argument("--out", type=Path, default=Path("runs/orientation"), help="results folder")
+    p.set_defaults(func=cmd_orientation)
 
     p = sub.add_parser(
         "record", help="record feature-map activity with and without feature attention"
