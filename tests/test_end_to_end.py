@@ -32,9 +32,16 @@ def test_default_network_and_detectors_are_accurate(trained):
 
 def test_quick_demo_writes_a_complete_results_folder(trained, tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--all", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "performance increase" in printed
+    assert "spatial vs feature attention" in printed and "spatial cueing" in printed
+    spatial = pd.read_csv(out / "orientation" / "spatial" / "criterion_sensitivity.csv")
+    assert {"spatial", "spatial+tuning", "spatial+gradient"} <= set(spatial["method"])
+    assert set(spatial["layer"]) == {"conv3_2"}
+    orientation = pd.read_parquet(out / "orientation" / "orientation" / "performance.parquet")
+    assert set(orientation["category"]) == {"0°", "80°"}
+    assert (out / "cueing" / "cueing_summary.csv").stat().st_size > 0
     for name in ("values.nc", "performance.parquet", "gains.csv", "summary.csv", "config.json"):
         assert (out / name).stat().st_size > 0, name
     for stem in ("performance_increase", "tp_fp_vs_beta", "dprime_criterion_vs_beta"):

@@ -347,7 +347,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _demo_extras(args: argparse.Namespace, out: Path) -> None:
-    """``demo --all``: the orientation/spatial, cueing and noise experiments as well."""
+    """``demo --all``: the orientation/spatial and spatial cueing experiments as well."""
+    from dataclasses import replace
+
     from bioattn.data.fashion_mnist import load_fashion_mnist
     from bioattn.experiments.orientation import OrientationConfig, run_orientation
     from bioattn.experiments.psychophysics import CueingConfig, run_cueing, write_cueing
@@ -355,11 +357,16 @@ def _demo_extras(args: argparse.Namespace, out: Path) -> None:
 
     trained = load_default(_train_settings(args), args.data_dir)
     small = {"n_pos": 20, "n_neg": 20} if args.quick else {}
-    orientation = OrientationConfig(
-        orientations=("0°", "80°") if args.quick else None,
-        betas=(0.0, 0.5, 2.0) if args.quick else OrientationConfig().betas,
-        **small,
-    )
+    orientation = OrientationConfig(**small)
+    if args.quick:
+        orientation = replace(
+            orientation,
+            orientations=("0°", "80°"),
+            betas=(0.0, 0.5, 2.0),
+            spatial_betas=(0.0, 0.3, 1.0),
+            n_train=60,
+            n_gradient=20,
+        )
     _print_orientation(run_orientation(trained.network, out / "orientation", orientation))
     cueing = CueingConfig(categories=("Trouser", "Bag") if args.quick else None, **small)
     means = write_cueing(
