@@ -71,3 +71,41 @@ def tiny_detectors() -> Detectors:
         feature_std=torch.ones(3),
         categories=("a", "b", "c", "d"),
     )
+
+
+class TinyRGBNet(nn.Module):
+    """TinyNet for 3-channel images (image folders load as RGB)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 6, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def write_pattern_folder(root, n_per_category: int = 12, size: int = 16, seed: int = 0):
+    """``root/train`` and ``root/test`` with three categories of patterned RGB PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    generator = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        for k, name in enumerate(("bars", "blobs", "dots")):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n_per_category):
+                image = generator.integers(0, 60, (size, size, 3)).astype(np.uint8)
+                image[:, :, k] += 150  # one colour channel per category
+                if k == 0:
+                    image[:, ::4] = 255
+                Image.fromarray(image).save(folder / f"{i:03d}.png")
+    return root

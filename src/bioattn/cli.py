@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from bioattn.errors import BioattnError, ConfigError
 
 if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command runs
+    from bioattn.experiments.config import ExperimentConfig
     from bioattn.experiments.sweep import SweepConfig
     from bioattn.models.train import TrainSettings
 
@@ -49,12 +50,12 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
-    from bioattn.experiments.sweep import DEFAULT_BETAS, DEFAULT_METHODS
+    from bioattn.experiments.sweep import DEFAULT_BETAS
 
     parser.add_argument(
         "--image-types",
         type=_csv,
-        default=("merged", "array"),
+        default=None,
         help="comma-separated image types: merged, array, standard, noise (default merged,array)",
     )
     parser.add_argument(
@@ -69,24 +70,29 @@ def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--betas",
         type=_floats,
-        default=DEFAULT_BETAS,
+        default=None,
         help=f"comma-separated attention strengths; 0 is always added (default "
         f"{','.join(map(str, DEFAULT_BETAS))})",
     )
     parser.add_argument(
         "--methods",
         type=_csv,
-        default=DEFAULT_METHODS,
+        default=None,
         help="comma-separated methods: tuning, gradient, uniform, shuffled-tuning, "
         "shuffled-gradient, response-tuning, gradient-positive, ... (default tuning,gradient)",
     )
     parser.add_argument(
-        "--no-all-layers", action="store_true", help="skip the all-layers (β/10) condition"
+        "--no-all-layers",
+        dest="all_layers",
+        action="store_const",
+        const=False,
+        default=None,
+        help="skip the all-layers (β/10) condition",
     )
-    parser.add_argument("--n-pos", type=int, default=75, help="positives per category (75)")
-    parser.add_argument("--n-neg", type=int, default=75, help="negatives per category (75)")
+    parser.add_argument("--n-pos", type=int, default=None, help="positives per category (75)")
+    parser.add_argument("--n-neg", type=int, default=None, help="negatives per category (75)")
     parser.add_argument("--snr", type=float, default=None, help="SNR for the noise image type")
-    parser.add_argument("--sweep-seed", type=int, default=0, help="seed of the test sets (0)")
+    parser.add_argument("--sweep-seed", type=int, default=None, help="seed of the test sets (0)")
 
 
 def _add_psychophysics_options(parser: argparse.ArgumentParser) -> None:
@@ -103,21 +109,25 @@ def _add_psychophysics_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep-seed", type=int, default=0, help="seed of the test sets (0)")
 
 
-def _sweep_config(args: argparse.Namespace) -> SweepConfig:
+def _sweep_config(args: argparse.Namespace, base: SweepConfig | None = None) -> SweepConfig:
+    """``base`` (default: the default sweep) with the sweep flags that were given."""
+    from dataclasses import replace
+
     from bioattn.experiments.sweep import SweepConfig
 
-    return SweepConfig(
-        image_types=args.image_types,
-        categories=args.categories,
-        layers=args.layers,
-        all_layers=not args.no_all_layers,
-        betas=args.betas,
-        methods=args.methods,
-        n_pos=args.n_pos,
-        n_neg=args.n_neg,
-        seed=args.sweep_seed,
-        snr=args.snr,
-    )
+    given = {
+        "image_types": args.image_types,
+        "categories": args.categories,
+        "layers": args.layers,
+        "all_layers": args.all_layers,
+        "betas": args.betas,
+        "methods": args.methods,
+        "n_pos": args.n_pos,
+        "n_neg": args.n_neg,
+        "seed": args.sweep_seed,
+        "snr": args.snr,
+    }
+    return replace(base or SweepConfig(), **{k: v for k, v in given.items() if v is not None})
 
 
 def _train_settings(args: argparse.Namespace) -> TrainSettings:
@@ -177,23 +187,66 @@ def cmd_values(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    """Sweep attention over layers × β × categories × methods on the default network."""
-    from bioattn.attention.values import load_values
-    from bioattn.data.fashion_mnist import load_fashion_mnist
-    from bioattn.experiments.replication import format_summary, plot_run, write_tables
-    from bioattn.experiments.sweep import run_sweep
-    from bioattn.models.train import load_default
+def _experiment_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The config file (or the defaults) with the flags that were given on top."""
+    from dataclasses import replace
 
-    config = _sweep_config(args)
-    trained = load_default(_train_settings(args), args.data_dir)
-    values = load_values(args.values, trained.network)
-    test = load_fashion_mnist("test", args.data_dir)
-    table = run_sweep(trained.network, trained.detectors, values, test, config)
-    _gains, summary = write_tables(table, Path(args.out))
-    plot_run(args.out)
+    from bioattn.experiments.config import ExperimentConfig, load_config
+
+    config = load_config(args.config) if args.config else ExperimentConfig()
+    model, data, values, run = config.model, config.data, config.values, config.run
+    if args.seed is not None:
+        model = replace(model, seed=args.seed)
+    if args.data_dir is not None:
+        data = replace(data, path=str(args.data_dir))
+    if args.values is not None:
+        values = replace(values, path=str(args.values))
+    flags = {"out": args.out, "executor": args.executor, "workers": args.workers}
+    flags["shards_per_job"] = args.shards_per_job
+    run = replace(run, **{k: (str(v) if k == "out" else v) for k, v in flags.items() if v})
+    return replace(
+        config,
+        model=model,
+        data=data,
+        values=values,
+        run=run,
+        sweep=_sweep_config(args, config.sweep),
+    )
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Sweep attention over layers × β × categories × methods: sharded, resumable."""
+    from bioattn.experiments.replication import format_summary
+    from bioattn.experiments.shards import run_configured_sweep
+
+    config = _experiment_config(args)
+    result = run_configured_sweep(config)
+    print(format_summary(result["summary"]))
+    print(
+        f"shards: {result['done']} computed, {result['skipped']} finished earlier; "
+        f"results written to {config.run.out}"
+    )
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    """Merge a sharded sweep's finished shards into its tables and figures."""
+    from bioattn.experiments.replication import format_summary, plot_run, write_tables
+    from bioattn.experiments.shards import collect
+
+    table = collect(args.run_dir)
+    _gains, summary = write_tables(table, Path(args.run_dir))
+    plot_run(args.run_dir)
     print(format_summary(summary))
-    print(f"results written to {args.out}")
+    print(f"{len(table)} rows merged into {Path(args.run_dir) / 'performance.parquet'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write a self-contained HTML report of a results folder."""
+    from bioattn.analysis.report import write_report
+
+    print(write_report(args.run_dir))
     return 0
 
 
@@ -468,13 +521,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_values)
 
-    p = sub.add_parser("sweep", help="sweep attention and measure detection performance")
+    p = sub.add_parser(
+        "sweep", help="sweep attention and measure detection performance (sharded, resumable)"
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML experiment config (model, data, values, sweep, run); flags override it",
+    )
     _add_data_dir(p)
-    _add_training(p)
+    p.add_argument("--seed", type=int, default=None, help="model seed (default 0)")
     _add_sweep_options(p)
-    p.add_argument("--values", type=Path, required=True, help="values file from `bioattn values`")
-    p.add_argument("--out", type=Path, default=Path("runs/sweep"), help="results folder")
+    p.add_argument(
+        "--values",
+        type=Path,
+        default=None,
+        help="values file from `bioattn values` (default: computed once into the results folder)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="results folder (runs/sweep)")
+    p.add_argument(
+        "--executor",
+        choices=("local", "process", "submitit"),
+        default=None,
+        help="run shards here (local, default), in a process pool, or via submitit (Slurm)",
+    )
+    p.add_argument("--workers", type=int, default=None, help="parallel jobs (default 2)")
+    p.add_argument(
+        "--shards-per-job",
+        type=int,
+        default=None,
+        help="shards packed into one job, which loads the model once (default: even split)",
+    )
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("collect", help="merge a sharded sweep's finished shards into its tables")
+    p.add_argument("run_dir", type=Path, help="results folder of `bioattn sweep`")
+    p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("cueing", help="spatial cueing: valid, neutral and invalid cues")
     _add_data_dir(p)
@@ -502,6 +585,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=0.5, help="feature cue strength (0.5)")
     p.add_argument("--out", type=Path, default=Path("runs/noise"), help="results folder")
     p.set_defaults(func=cmd_noise)
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html: figures, tables, config")
+    p.add_argument("run_dir", type=Path, help="results folder")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("plot", help="draw the figures of a results folder")
     p.add_argument("run_dir", type=Path, help="results folder")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bioattn.errors import CategoryError
+from bioattn.errors import CategoryError, DataError
 
 
 @dataclass(frozen=True)
@@ -61,3 +61,18 @@ def resolve_category(category: str | int, categories: Sequence[str]) -> int:
     raise CategoryError(
         f"unknown category {category!r}; valid categories are: {', '.join(categories)}"
     )
+
+
+def balanced_subset(images: ImageSet, per_category: int, seed: int = 0) -> ImageSet:
+    """``per_category`` images of every category (fewer where a category has fewer), seeded."""
+    if per_category < 1:
+        raise DataError(f"need at least one image per category, got {per_category}")
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for k in range(len(images.categories)):
+        index = torch.nonzero(images.labels == k).view(-1)
+        order = index[torch.randperm(index.numel(), generator=generator)]
+        chosen.append(order[:per_category])
+    if not chosen or sum(c.numel() for c in chosen) == 0:
+        raise DataError("the image set is empty; there is nothing to choose from")
+    return images.subset(torch.cat(chosen))

@@ -1,0 +1,330 @@
+"""Experiment config files (TOML): model, data, values, sweep and run settings in one place.
+
+A config file names everything a sweep needs, so the same command goes from the laptop default
+to a cluster run without code changes::
+
+    [model]
+    spec = "fashion-vgg"          # "vgg16", or "package.module:callable"
+    weights = ""                  # a weights file; empty with fashion-vgg: the trained default
+
+    [data]
+    kind = "fashion-mnist"        # or "image-folder" (train/ and test/ sub-folders)
+    path = ""                     # empty: $BIOATTN_DATA or the Debian package's folder
+
+    [values]
+    path = ""                     # a values file; empty: computed once and kept in the run folder
+
+    [sweep]                       # the fields of bioattn.experiments.sweep.SweepConfig
+    categories = ["Bag", "Trouser"]
+    betas = [0, 0.5, 1, 2]
+
+    [run]
+    out = "runs/sweep"
+
+Unknown sections or keys and values of the wrong type are errors that name the key and what
+would be right. Command-line flags override the file (see ``bioattn sweep --config``).
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+from bioattn.errors import ConfigError
+from bioattn.experiments.sweep import SweepConfig
+
+#: Where images come from.
+DATA_KINDS = ("fashion-mnist", "image-folder")
+#: How a sharded sweep's jobs run (see :mod:`bioattn.experiments.shards`).
+EXECUTORS = ("local", "process", "submitit")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Which network: a zoo name or ``package.module:callable``, and its weights file."""
+
+    spec: str = "fashion-vgg"
+    weights: str = ""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.spec.strip():
+            raise ConfigError("[model] spec is empty; give fashion-vgg, vgg16 or pkg.mod:fn")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Where images come from; image folders are resized and centre-cropped to ``size``."""
+
+    kind: str = "fashion-mnist"
+    path: str = ""
+    size: int = 224
+    resize: int = 256
+    detector_images: int = 100  # training images per category for fitting detectors
+
+    def __post_init__(self) -> None:
+        if self.kind not in DATA_KINDS:
+            raise ConfigError(
+                f"[data] kind {self.kind!r} is not known; valid: {', '.join(DATA_KINDS)}"
+            )
+        if self.kind == "image-folder" and not self.path:
+            raise ConfigError(
+                "[data] kind 'image-folder' needs a path: a folder with train/ and test/ "
+                "sub-folders, each with one sub-folder of images per category"
+            )
+        if self.size < 8 or self.resize < self.size:
+            raise ConfigError(
+                f"[data] needs size ≥ 8 and resize ≥ size, got size={self.size}, "
+                f"resize={self.resize}"
+            )
+        if self.detector_images < 2:
+            raise ConfigError(f"[data] detector_images must be ≥ 2, got {self.detector_images}")
+
+
+@dataclass(frozen=True)
+class ValuesSection:
+    """A values file to use; empty means compute them (once) into the run folder."""
+
+    path: str = ""
+    gradient_images: int = 100  # positives (and as many negatives) per category for gradients
+
+    def __post_init__(self) -> None:
+        if self.gradient_images < 1:
+            raise ConfigError(f"[values] gradient_images must be ≥ 1, got {self.gradient_images}")
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """Where results go and how the work is spread over processes."""
+
+    out: str = "runs/sweep"
+    executor: str = "local"
+    workers: int = 2
+    shards_per_job: int = 0  # shards packed into one job (the model loads once per job); 0: even
+    retry_failed: bool = True
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ConfigError(
+                f"[run] executor {self.executor!r} is not known; valid: {', '.join(EXECUTORS)}"
+            )
+        if self.workers < 1 or self.shards_per_job < 0:
+            raise ConfigError(
+                f"[run] needs workers ≥ 1 and shards_per_job ≥ 0, got workers={self.workers}, "
+                f"shards_per_job={self.shards_per_job}"
+            )
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment: what network, which images, which values, what to sweep, where to."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    values: ValuesSection = field(default_factory=ValuesSection)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    run: RunSection = field(default_factory=RunSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (as written to a run's config.json)."""
+        return asdict(self)
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelSection,
+    "data": DataSection,
+    "values": ValuesSection,
+    "sweep": SweepConfig,
+    "run": RunSection,
+}
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(annotation)[0])}"
+    if annotation is type(None):
+        return "nothing (leave the key out)"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _convert(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` from TOML as ``annotation`` (str, int, float, bool, tuple[X, ...], X | None)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        for option in options:
+            try:
+                return _convert(value, option, where)
+            except ConfigError:
+                continue
+    elif origin is tuple:
+        if isinstance(value, list):
+            item = typing.get_args(annotation)[0]
+            return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where} = {value!r} has the wrong type: expected {_type_name(annotation)}")
+
+
+def _section(cls: type, table: Any, name: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table of keys, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(unknown)} in [{name}]; allowed: {', '.join(known)}"
+        )
+    kwargs = {key: _convert(value, hints[key], f"[{name}] {key}") for key, value in table.items()}
+    return cls(**kwargs)
+
+
+def parse_config(document: dict[str, Any]) -> ExperimentConfig:
+    """Validate a parsed TOML document and build the :class:`ExperimentConfig`."""
+    unknown = sorted(set(document) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown section(s) {', '.join(f'[{u}]' for u in unknown)}; allowed: "
+            + ", ".join(f"[{s}]" for s in _SECTIONS)
+        )
+    sections = {
+        name: _section(cls, document[name], name)
+        for name, cls in _SECTIONS.items()
+        if name in document
+    }
+    return ExperimentConfig(**sections)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a TOML experiment config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    return parse_config(document)
+
+
+@dataclass
+class Experiment:
+    """What a sweep runs on: network, detectors, values and test images, loaded and checked."""
+
+    network: Any  # bioattn.models.network.Network
+    detectors: Any  # bioattn.models.detectors.Detectors
+    values: Any  # xarray.Dataset
+    test_images: Any  # bioattn.data.imageset.ImageSet
+
+
+def _load_images(data: DataSection) -> tuple[Any, Any]:
+    from bioattn.data.fashion_mnist import load_fashion_mnist
+    from bioattn.data.image_folder import load_image_folder
+    from bioattn.errors import DataError
+
+    if data.kind == "fashion-mnist":
+        directory = data.path or None
+        return load_fashion_mnist("train", directory), load_fashion_mnist("test", directory)
+    root = Path(data.path).expanduser()
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DataError(
+                f"image folder {root} needs a {split}/ sub-folder with one sub-folder of images "
+                "per category (the same categories in train/ and test/)"
+            )
+    train = load_image_folder(root / "train", size=data.size, resize=data.resize)
+    test = load_image_folder(root / "test", size=data.size, resize=data.resize)
+    if train.categories != test.categories:
+        raise DataError(
+            f"train/ and test/ of {root} hold different categories: {list(train.categories)} vs "
+            f"{list(test.categories)}"
+        )
+    return train, test
+
+
+def prepare_experiment(config: ExperimentConfig, progress: bool = True) -> Experiment:
+    """Load (or fit once and keep in the run folder) everything the sweep needs.
+
+    The default network with no weights file is the trained default (trained and cached on
+    first use). Other networks get detectors fitted on ``data.detector_images`` training images
+    per category, saved as ``RUN/detectors.safetensors``; values missing from the config are
+    computed once and saved as ``RUN/values.nc``. Later runs and worker processes reuse both.
+    """
+    from bioattn.attention.values import load_values, save_values
+    from bioattn.data.imageset import balanced_subset
+    from bioattn.experiments.replication import compute_values
+    from bioattn.models.detectors import Detectors, fit_detectors
+    from bioattn.models.train import TrainSettings, load_default
+    from bioattn.models.zoo import build_network
+
+    run_dir = Path(config.run.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train, test = _load_images(config.data)
+    default = config.model.spec == "fashion-vgg" and not config.model.weights
+    if default:
+        if config.data.kind != "fashion-mnist":
+            raise ConfigError(
+                "the trained default network (fashion-vgg without weights) goes with "
+                "[data] kind = 'fashion-mnist'; give [model] weights for other data"
+            )
+        trained = load_default(TrainSettings(seed=config.model.seed), config.data.path or None)
+        network, detectors = trained.network, trained.detectors
+    else:
+        network = build_network(
+            config.model.spec,
+            config.model.weights or None,
+            seed=config.model.seed,
+        )
+        detectors_path = run_dir / "detectors.safetensors"
+        if detectors_path.exists():
+            detectors = Detectors.load(detectors_path)
+        else:
+            fit_on = balanced_subset(train, config.data.detector_images, seed=config.model.seed)
+            detectors = fit_detectors(
+                network.readout_features(fit_on.images), fit_on.labels, fit_on.categories
+            )
+            detectors.save(detectors_path)
+    if tuple(detectors.categories) != tuple(train.categories):
+        raise ConfigError(
+            f"the detectors are for categories {list(detectors.categories)} but the data has "
+            f"{list(train.categories)}; remove {run_dir / 'detectors.safetensors'} to refit them"
+        )
+    values_path = Path(config.values.path) if config.values.path else run_dir / "values.nc"
+    if values_path.exists():
+        values = load_values(values_path, network)
+    elif config.values.path:
+        raise ConfigError(f"[values] path {values_path} does not exist")
+    else:
+        gradient_types = [t for t in config.sweep.image_types if t != "noise"]
+        values = compute_values(
+            network,
+            detectors,
+            train,
+            gradient_types,
+            gradient_set_size=config.values.gradient_images,
+            seed=config.sweep.seed,
+            progress=progress,
+        )
+        save_values(values, values_path)
+    return Experiment(network, detectors, values, test)

@@ -1,0 +1,516 @@
+"""Sharded, resumable sweeps: one file per (category, layer setting), merged by ``collect``.
+
+A sweep is split into shards, one per category and layer setting (each attended layer, and the
+all-layers mode). Each shard's rows go atomically into ``RUN/shards/<shard>.parquet``, tagged
+with the fingerprint of everything that defines them (sweep settings, network weights,
+detectors, values, test images). Rerunning the same sweep skips the shards already finished; a
+shard file that is truncated, unreadable, or from another sweep is recomputed (with a warning)
+and never merged. A shard that fails is recorded in ``RUN/shards/<shard>.error.txt`` and the
+others go on; the run then ends with :class:`SweepIncompleteError` naming the failures, and
+rerunning retries only them. :func:`collect` merges the finished shards into the same table,
+row for row, that one uninterrupted :func:`~bioattn.experiments.sweep.run_sweep` gives.
+
+Shards are packed into jobs (several shards per job, so that a worker loads the model once per
+job) and run by an executor: ``local`` (in this process), ``process`` (a pool of worker
+processes, each loading the experiment from its config) or ``submitit`` (Slurm through the
+optional ``submitit`` package; its local executor runs the same jobs on this machine).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import traceback
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from bioattn.cache import atomic_write_bytes
+from bioattn.data.imageset import ImageSet
+from bioattn.data.tasks import TaskSet
+from bioattn.errors import BioattnError, ConfigError, DataError
+from bioattn.experiments.config import EXECUTORS, ExperimentConfig, prepare_experiment
+from bioattn.experiments.sweep import (
+    ALL_LAYERS,
+    PERFORMANCE_COLUMNS,
+    SweepConfig,
+    resolve_sweep,
+    run_sweep,
+)
+from bioattn.models.detectors import Detectors
+from bioattn.models.network import Network
+
+SHARD_FOLDER = "shards"
+_METADATA_KEY = b"bioattn_shard"
+
+
+class SweepIncompleteError(BioattnError):
+    """Some shards of a sweep failed; the finished ones are kept and a rerun retries the rest."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One category and one layer setting (a layer alias, or ``"all"``) of a sweep."""
+
+    category: str
+    layer: str
+
+    @property
+    def name(self) -> str:
+        """File-name-safe, unique name (the category's characters beyond [A-Za-z0-9] hashed)."""
+        safe = re.sub(r"[^A-Za-z0-9]+", "-", self.category).strip("-") or "category"
+        digest = hashlib.sha256(self.category.encode()).hexdigest()[:6]
+        return f"{safe}-{digest}__{self.layer}"
+
+    def config(self, sweep: SweepConfig) -> SweepConfig:
+        """The sweep restricted to this shard."""
+        if self.layer == ALL_LAYERS:
+            return replace(sweep, categories=(self.category,), layers=(), all_layers=True)
+        return replace(sweep, categories=(self.category,), layers=(self.layer,), all_layers=False)
+
+
+def plan_shards(
+    network: Network, detectors: Detectors, values: xr.Dataset, sweep: SweepConfig, tasks=None
+) -> list[Shard]:
+    """Every shard of ``sweep``, in the order an uninterrupted sweep writes its rows."""
+    resolved = resolve_sweep(sweep, network, detectors, values, tasks)
+    layers = [layer.alias for layer in resolved.layers]
+    if resolved.config.all_layers:
+        layers.append(ALL_LAYERS)
+    return [Shard(c, layer) for c in resolved.categories for layer in layers]
+
+
+def _tensor_digest(digest: Any, tensor: torch.Tensor) -> None:
+    array = tensor.detach().cpu().contiguous()
+    digest.update(str((tuple(array.shape), str(array.dtype))).encode())
+    digest.update(array.view(torch.uint8).numpy().tobytes() if array.numel() else b"")
+
+
+def sweep_fingerprint(
+    network: Network,
+    detectors: Detectors,
+    values: xr.Dataset,
+    test_images: ImageSet | None,
+    sweep: SweepConfig,
+    tasks: Mapping[tuple[str, str], TaskSet] | None = None,
+) -> str:
+    """A hash of everything that determines a sweep's rows; shards of other sweeps differ."""
+    digest = hashlib.sha256()
+    settings = asdict(replace(sweep, categories=None, layers=None, all_layers=True))
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(network.module.state_dict().items()):
+        digest.update(name.encode())
+        _tensor_digest(digest, tensor)
+    for tensor in (detectors.weight, detectors.bias, detectors.feature_mean, detectors.feature_std):
+        _tensor_digest(digest, tensor)
+    digest.update(json.dumps(list(detectors.categories)).encode())
+    for name in sorted(values.data_vars):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(values[name].values).tobytes())
+    if test_images is not None:
+        _tensor_digest(digest, test_images.images)
+        _tensor_digest(digest, test_images.labels)
+    for key in sorted(tasks or {}):
+        digest.update(repr(key).encode())
+        _tensor_digest(digest, tasks[key].images)
+        _tensor_digest(digest, tasks[key].is_target)
+        digest.update(repr(tasks[key].cued_quadrant).encode())
+    return digest.hexdigest()[:24]
+
+
+def _expected_rows(
+    shard_sweep: SweepConfig,
+    network: Network,
+    detectors: Detectors,
+    values: xr.Dataset,
+    tasks: Mapping[tuple[str, str], TaskSet] | None = None,
+) -> int:
+    resolved = resolve_sweep(shard_sweep, network, detectors, values, tasks)
+    settings = len(resolved.layers) + int(resolved.config.all_layers)
+    return (
+        len(resolved.config.image_types)
+        * settings
+        * len(resolved.methods)
+        * len(resolved.config.betas)
+    )
+
+
+def _shard_path(run_dir: Path, shard: Shard) -> Path:
+    return run_dir / SHARD_FOLDER / f"{shard.name}.parquet"
+
+
+def _error_path(run_dir: Path, shard: Shard) -> Path:
+    return run_dir / SHARD_FOLDER / f"{shard.name}.error.txt"
+
+
+def write_shard(path: Path, table: pd.DataFrame, fingerprint: str, shard: Shard) -> None:
+    """Write a shard's rows atomically, tagged with the sweep's fingerprint and its row count."""
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    tag = {"fingerprint": fingerprint, "category": shard.category, "layer": shard.layer}
+    tag["rows"] = len(table)
+    arrow = arrow.replace_schema_metadata(
+        {**(arrow.schema.metadata or {}), _METADATA_KEY: json.dumps(tag).encode()}
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(arrow, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def read_shard(path: Path, fingerprint: str, shard: Shard) -> pd.DataFrame:
+    """A finished shard's rows; :class:`DataError` if the file is damaged or from another sweep."""
+    try:
+        arrow = pq.read_table(path)
+    except (OSError, pa.ArrowException) as error:
+        raise DataError(f"shard file {path} cannot be read ({error})") from None
+    raw = (arrow.schema.metadata or {}).get(_METADATA_KEY)
+    if raw is None:
+        raise DataError(f"shard file {path} has no bioattn tag; it was not written by a sweep")
+    tag = json.loads(raw)
+    if tag.get("fingerprint") != fingerprint:
+        raise DataError(
+            f"shard file {path} belongs to another sweep (fingerprint {tag.get('fingerprint')}, "
+            f"this sweep {fingerprint}: other settings, weights, detectors, values or images)"
+        )
+    if (tag.get("category"), tag.get("layer")) != (shard.category, shard.layer):
+        raise DataError(f"shard file {path} holds {tag.get('category')}/{tag.get('layer')}")
+    table = arrow.to_pandas()
+    if len(table) != tag.get("rows") or list(table.columns) != PERFORMANCE_COLUMNS:
+        raise DataError(f"shard file {path} is incomplete ({len(table)} of {tag.get('rows')} rows)")
+    return table
+
+
+@dataclass
+class ShardOutcome:
+    """What happened to one shard in one run."""
+
+    shard: Shard
+    status: str  # "done", "skipped" (finished earlier) or "failed"
+    error: str = ""
+
+
+def run_shards(
+    network: Network,
+    detectors: Detectors,
+    values: xr.Dataset,
+    test_images: ImageSet | None,
+    sweep: SweepConfig,
+    run_dir: str | Path,
+    shards: Sequence[Shard],
+    fingerprint: str,
+    tasks: Mapping[tuple[str, str], TaskSet] | None = None,
+    progress: bool = True,
+) -> list[ShardOutcome]:
+    """Run the given shards in this process, skipping finished ones; never raises for a shard.
+
+    This is what every executor's job runs (a job is a list of shards).
+    """
+    run_dir = Path(run_dir)
+    (run_dir / SHARD_FOLDER).mkdir(parents=True, exist_ok=True)
+    outcomes = []
+    bar = tqdm(shards, desc="shards", disable=not progress, leave=False)
+    for shard in bar:
+        path, error_path = _shard_path(run_dir, shard), _error_path(run_dir, shard)
+        if path.exists():
+            try:
+                read_shard(path, fingerprint, shard)
+                outcomes.append(ShardOutcome(shard, "skipped"))
+                continue
+            except DataError as problem:
+                warnings.warn(f"{problem}; computing it again", stacklevel=2)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the β = 0 note was given once for the sweep
+                table = run_sweep(
+                    network,
+                    detectors,
+                    values,
+                    test_images,
+                    shard.config(sweep),
+                    progress=False,
+                    tasks=tasks,
+                )
+            write_shard(path, table, fingerprint, shard)
+            error_path.unlink(missing_ok=True)
+            outcomes.append(ShardOutcome(shard, "done"))
+        except Exception as error:  # a failed shard must not lose the others
+            text = "".join(traceback.format_exception(error))
+            atomic_write_bytes(error_path, text.encode())
+            outcomes.append(ShardOutcome(shard, "failed", f"{type(error).__name__}: {error}"))
+    return outcomes
+
+
+def _manifest_path(run_dir: Path) -> Path:
+    return run_dir / SHARD_FOLDER / "manifest.json"
+
+
+def write_manifest(
+    run_dir: Path, fingerprint: str, shards: Sequence[Shard], rows: Mapping[str, int]
+) -> None:
+    """The shard plan of a run: what ``collect`` must find, in which order."""
+    manifest = {
+        "fingerprint": fingerprint,
+        "shards": [
+            {"category": s.category, "layer": s.layer, "name": s.name, "rows": rows[s.name]}
+            for s in shards
+        ],
+    }
+    atomic_write_bytes(_manifest_path(run_dir), json.dumps(manifest, indent=2).encode())
+
+
+def collect(run_dir: str | Path) -> pd.DataFrame:
+    """Merge a run's shards into its performance table (the order of an uninterrupted sweep).
+
+    Raises :class:`SweepIncompleteError` listing the shards that are missing or failed.
+    """
+    run_dir = Path(run_dir)
+    path = _manifest_path(run_dir)
+    if not path.exists():
+        raise DataError(
+            f"{run_dir} has no {SHARD_FOLDER}/manifest.json; give the folder of a sharded sweep "
+            "(`bioattn sweep --out FOLDER`)"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+        fingerprint = manifest["fingerprint"]
+        shards = [Shard(s["category"], s["layer"]) for s in manifest["shards"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DataError(f"{path} is damaged ({error}); rerun the sweep to rewrite it") from None
+    tables, missing = [], []
+    for shard in shards:
+        shard_path = _shard_path(run_dir, shard)
+        error_path = _error_path(run_dir, shard)
+        if not shard_path.exists():
+            reason = "failed" if error_path.exists() else "not run yet"
+            missing.append(f"{shard.category}/{shard.layer} ({reason})")
+            continue
+        try:
+            tables.append(read_shard(shard_path, fingerprint, shard))
+        except DataError as problem:
+            missing.append(f"{shard.category}/{shard.layer} ({problem})")
+    if missing:
+        raise SweepIncompleteError(
+            f"{len(missing)} of {len(shards)} shards are not finished: {'; '.join(missing[:5])}"
+            f"{' …' if len(missing) > 5 else ''}. Rerun the same sweep to compute them (finished "
+            f"shards are kept); error details in {run_dir / SHARD_FOLDER}/*.error.txt"
+        )
+    return _canonical_order(pd.concat(tables, ignore_index=True), shards)
+
+
+def _canonical_order(table: pd.DataFrame, shards: Sequence[Shard]) -> pd.DataFrame:
+    """Rows as :func:`run_sweep` orders them: image type, category, layer setting, method, β."""
+    categories = list(dict.fromkeys(s.category for s in shards))
+    layers = list(dict.fromkeys(s.layer for s in shards))
+    image_types = list(dict.fromkeys(table["image_type"]))
+    methods = list(dict.fromkeys(table["method"]))
+    keys = pd.DataFrame(
+        {
+            "t": table["image_type"].map(image_types.index),
+            "c": table["category"].map(categories.index),
+            "l": table["layer"].map(layers.index),
+            "m": table["method"].map(methods.index),
+        }
+    )
+    order = keys.sort_values(["t", "c", "l", "m"], kind="stable").index
+    return table.loc[order].reset_index(drop=True)
+
+
+# --- executors -------------------------------------------------------------------------------
+
+
+def pack_jobs(shards: Sequence[Shard], workers: int, shards_per_job: int = 0) -> list[list[Shard]]:
+    """Split shards into jobs: ``shards_per_job`` each, or evenly into ``workers`` jobs (0)."""
+    if not shards:
+        return []
+    size = shards_per_job or -(-len(shards) // max(1, workers))
+    return [list(shards[i : i + size]) for i in range(0, len(shards), size)]
+
+
+#: A job: loads the experiment, then runs a list of shards; returns their outcomes.
+JobFunction = Callable[[Sequence[Shard]], list[ShardOutcome]]
+
+
+def run_jobs(
+    job: Callable[..., list[ShardOutcome]],
+    job_args: tuple,
+    jobs: Sequence[Sequence[Shard]],
+    executor: str = "local",
+    workers: int = 2,
+    folder: Path | None = None,
+) -> list[ShardOutcome]:
+    """Run ``job(*job_args, shards)`` for every job with the chosen executor.
+
+    ``process`` and ``submitit`` pickle ``job`` and ``job_args``, so ``job`` must be a
+    module-level function and its arguments plain data (e.g. an experiment config).
+    """
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    if executor == "local":
+        return [outcome for shards in jobs for outcome in job(*job_args, shards)]
+    if executor == "process":
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        # spawn: a forked torch process can deadlock in its thread pools
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(job, *job_args, shards) for shards in jobs]
+            return [outcome for future in futures for outcome in future.result()]
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError(
+            "executor 'submitit' needs the submitit package: pip install 'bioattn[cluster]'"
+        ) from None
+    submit_folder = (folder or Path("submitit")) / "submitit"
+    cluster = os.environ.get("BIOATTN_SUBMITIT_CLUSTER")  # "local" / "debug" for tests
+    auto = submitit.AutoExecutor(folder=submit_folder, cluster=cluster)
+    handles = [auto.submit(job, *job_args, shards) for shards in jobs]
+    return [outcome for handle in handles for outcome in handle.result()]
+
+
+def summarise_outcomes(outcomes: Iterable[ShardOutcome]) -> dict[str, int]:
+    """How many shards were done, skipped and failed."""
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    for outcome in outcomes:
+        counts[outcome.status] += 1
+    return counts
+
+
+# --- a configured sweep, end to end ------------------------------------------------------------
+
+
+def _experiment_job(config: ExperimentConfig, shards: Sequence[Shard]) -> list[ShardOutcome]:
+    """One job of a configured sweep: load the experiment once, run its shards."""
+    experiment = prepare_experiment(config, progress=False)
+    fingerprint = sweep_fingerprint(
+        experiment.network,
+        experiment.detectors,
+        experiment.values,
+        experiment.test_images,
+        config.sweep,
+    )
+    return run_shards(
+        experiment.network,
+        experiment.detectors,
+        experiment.values,
+        experiment.test_images,
+        config.sweep,
+        config.run.out,
+        shards,
+        fingerprint,
+        progress=False,
+    )
+
+
+def run_configured_sweep(config: ExperimentConfig, progress: bool = True) -> dict[str, Any]:
+    """Run an :class:`~bioattn.experiments.config.ExperimentConfig`'s sweep, sharded and resumable.
+
+    Loads the experiment (fitting detectors and computing values once if needed), plans the
+    shards, runs the unfinished ones with the configured executor, merges them, and writes the
+    results folder (tables, figures, ``config.json``). Raises :class:`SweepIncompleteError` when
+    shards failed; the finished ones stay and a rerun retries the rest.
+    """
+    import time
+
+    from bioattn.experiments.replication import environment_info, plot_run, write_tables
+
+    started = time.perf_counter()
+    run_dir = Path(config.run.out)
+    experiment = prepare_experiment(config, progress)
+    network, detectors, values = experiment.network, experiment.detectors, experiment.values
+    resolved = resolve_sweep(config.sweep, network, detectors, values)
+    for note in resolved.notes:
+        warnings.warn(note, stacklevel=2)
+    sweep = resolved.config
+    config = replace(config, sweep=sweep)
+    fingerprint = sweep_fingerprint(network, detectors, values, experiment.test_images, sweep)
+    shards = plan_shards(network, detectors, values, sweep)
+    rows = {
+        s.name: _expected_rows(s.config(sweep), network, detectors, values, None) for s in shards
+    }
+    manifest = _manifest_path(run_dir)
+    if manifest.exists():
+        try:
+            previous = json.loads(manifest.read_text()).get("fingerprint")
+        except json.JSONDecodeError:
+            previous = None
+        if previous != fingerprint:
+            warnings.warn(
+                f"{run_dir} held shards of another sweep; they will be recomputed, never merged",
+                stacklevel=2,
+            )
+    write_manifest(run_dir, fingerprint, shards, rows)
+    pending = [s for s in shards if not _finished(run_dir, s, fingerprint)]
+    outcomes: list[ShardOutcome] = [
+        ShardOutcome(s, "skipped") for s in shards if s not in set(pending)
+    ]
+    if pending:
+        if config.run.executor == "local":
+            outcomes += run_shards(
+                network,
+                detectors,
+                values,
+                experiment.test_images,
+                sweep,
+                run_dir,
+                pending,
+                fingerprint,
+                progress=progress,
+            )
+        else:
+            jobs = pack_jobs(pending, config.run.workers, config.run.shards_per_job)
+            outcomes += run_jobs(
+                _experiment_job,
+                (config,),
+                jobs,
+                config.run.executor,
+                config.run.workers,
+                folder=run_dir,
+            )
+    counts = summarise_outcomes(outcomes)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        raise SweepIncompleteError(
+            f"{len(failed)} of {len(shards)} shards failed ({counts['done']} computed now, "
+            f"{counts['skipped']} finished earlier): "
+            + "; ".join(f"{o.shard.category}/{o.shard.layer}: {o.error}" for o in failed[:3])
+            + f". Details in {run_dir / SHARD_FOLDER}/*.error.txt; rerun to retry them."
+        )
+    table = collect(run_dir)
+    gains, summary = write_tables(table, run_dir)
+    figures = plot_run(run_dir)
+    run_config = {
+        "experiment": config.to_dict(),
+        "model": network.name,
+        "fingerprint": fingerprint,
+        "shards": counts,
+        "environment": environment_info(),
+        "timings_seconds": {"total": round(time.perf_counter() - started, 1)},
+    }
+    atomic_write_bytes(
+        run_dir / "config.json", json.dumps(run_config, indent=2, default=str).encode()
+    )
+    return {"table": table, "gains": gains, "summary": summary, "figures": figures, **counts}
+
+
+def _finished(run_dir: Path, shard: Shard, fingerprint: str) -> bool:
+    path = _shard_path(run_dir, shard)
+    if not path.exists():
+        return False
+    try:
+        read_shard(path, fingerprint, shard)
+        return True
+    except DataError as problem:
+        warnings.warn(f"{problem}; computing it again", stacklevel=2)
+        return False
