@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bioattn.errors import ConfigError
-from bioattn.experiments.config import ExperimentConfig, load_config, parse_config
+from bioattn.experiments.config import ExperimentConfig, load_config, parse_config, tomllib
 
 
 def write(tmp_path, text: str):
@@ -80,3 +80,13 @@ def test_optional_values_accept_nothing_or_their_type():
     config = parse_config({"sweep": {"snr": 2, "categories": ["a"]}})
     assert config.sweep.snr == 2.0 and isinstance(config.sweep.snr, float)
     assert parse_config({}).sweep.snr is None
+
+
+def test_the_readme_example_config_is_valid():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = parse_config(tomllib.loads(block))
+    assert config.model.spec == "vgg16" and config.run.executor == "submitit"
+    assert config.run.submitit_parameters()["slurm_partition"] == "gpu"

@@ -109,7 +109,22 @@ class RunSection:
     executor: str = "local"
     workers: int = 2
     shards_per_job: int = 0  # shards packed into one job (the model loads once per job); 0: even
-    retry_failed: bool = True
+    # submitit (Slurm) job resources; ignored by the local and process executors
+    slurm_partition: str = ""
+    timeout_min: int = 60
+    cpus_per_task: int = 2
+    gpus_per_node: int = 0
+
+    def submitit_parameters(self) -> dict[str, Any]:
+        """Resources for ``submitit.AutoExecutor.update_parameters``."""
+        parameters: dict[str, Any] = {
+            "timeout_min": self.timeout_min,
+            "cpus_per_task": self.cpus_per_task,
+            "gpus_per_node": self.gpus_per_node,
+        }
+        if self.slurm_partition:
+            parameters["slurm_partition"] = self.slurm_partition
+        return parameters
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:

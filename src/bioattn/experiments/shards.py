@@ -348,6 +348,7 @@ def run_jobs(
     executor: str = "local",
     workers: int = 2,
     folder: Path | None = None,
+    submitit_parameters: Mapping[str, Any] | None = None,
 ) -> list[ShardOutcome]:
     """Run ``job(*job_args, shards)`` for every job with the chosen executor.
 
@@ -375,6 +376,7 @@ def run_jobs(
     submit_folder = (folder or Path("submitit")) / "submitit"
     cluster = os.environ.get("BIOATTN_SUBMITIT_CLUSTER")  # "local" / "debug" for tests
     auto = submitit.AutoExecutor(folder=submit_folder, cluster=cluster)
+    auto.update_parameters(**dict(submitit_parameters or {}))
     handles = [auto.submit(job, *job_args, shards) for shards in jobs]
     return [outcome for handle in handles for outcome in handle.result()]
 
@@ -477,6 +479,7 @@ def run_configured_sweep(config: ExperimentConfig, progress: bool = True) -> dic
                 config.run.executor,
                 config.run.workers,
                 folder=run_dir,
+                submitit_parameters=config.run.submitit_parameters(),
             )
     counts = summarise_outcomes(outcomes)
     failed = [o for o in outcomes if o.status == "failed"]
