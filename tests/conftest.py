@@ -14,17 +14,19 @@ from bioattn.models.network import Network
 class TinyNet(nn.Module):
     """Two conv layers (2 and 3 maps) with a pooling layer between them and a linear head."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, in_channels: int = 1, widths: tuple[int, int] = (2, 3), classes: int = 4
+    ) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 2, 3, padding=1),
+            nn.Conv2d(in_channels, widths[0], 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(2, 3, 3, padding=1),
+            nn.Conv2d(widths[0], widths[1], 3, padding=1),
             nn.ReLU(),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(3, 4)
+        self.classifier = nn.Linear(widths[1], classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
@@ -61,6 +63,21 @@ def tiny_images() -> ImageSet:
 
 
 @pytest.fixture
+def values(tiny_network, tiny_images, tiny_detectors):
+    """Tuning and merged-image gradient values of the tiny network (module's detectors)."""
+    from bioattn.attention.values import add_gradient_values, tuning_values
+    from bioattn.data.tasks import make_task_set
+
+    tasks = {
+        name: make_task_set(tiny_images, name, "merged", n_pos=6, n_neg=6, seed=2)
+        for name in "abcd"
+    }
+    return add_gradient_values(
+        tuning_values(tiny_network, tiny_images), tiny_network, tiny_detectors, tasks, "merged"
+    )
+
+
+@pytest.fixture
 def tiny_detectors() -> Detectors:
     """Hand-set detectors on the 3 pooled features (identity standardisation)."""
     weight = torch.tensor([[1.0, 0.0, -1.0], [-2.0, 1.0, 0.0], [0.5, 0.5, 0.5], [0.0, -1.0, 2.0]])
@@ -73,23 +90,9 @@ def tiny_detectors() -> Detectors:
     )
 
 
-class TinyRGBNet(nn.Module):
-    """TinyNet for 3-channel images (image folders load as RGB)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 4, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(4, 6, 3, padding=1),
-            nn.ReLU(),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(6, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+def tiny_rgb_net() -> TinyNet:
+    """TinyNet for 3-channel images (image folders load as RGB), 3 categories."""
+    return TinyNet(in_channels=3, widths=(4, 6), classes=3)
 
 
 def write_pattern_folder(root, n_per_category: int = 12, size: int = 16, seed: int = 0):

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from bioattn.attention.gains import Modulation, SpatialCue, feature_gain, spatial_gain
-from bioattn.attention.values import add_gradient_values, tuning_values
 from bioattn.data.imageset import ImageSet
 from bioattn.data.tasks import make_task_set
 from bioattn.errors import ConfigError
@@ -56,17 +55,6 @@ def tiny_detectors(tiny_network, tiny_images):
         feature_mean=features.mean(0),
         feature_std=features.std(0),
         categories=("a", "b", "c", "d"),
-    )
-
-
-@pytest.fixture
-def values(tiny_network, tiny_images, tiny_detectors):
-    tasks = {
-        name: make_task_set(tiny_images, name, "merged", n_pos=6, n_neg=6, seed=2)
-        for name in "abcd"
-    }
-    return add_gradient_values(
-        tuning_values(tiny_network, tiny_images), tiny_network, tiny_detectors, tasks, "merged"
     )
 
 

@@ -14,8 +14,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bioattn.attention.values import add_gradient_values, tuning_values
-from bioattn.data.tasks import make_task_set
 from bioattn.errors import DataError
 from bioattn.experiments import shards as shards_module
 from bioattn.experiments.config import load_config
@@ -37,17 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = SweepConfig(
     image_types=("merged",), betas=(0.0, 0.5, 2.0), n_pos=6, n_neg=6, methods=("tuning", "gradient")
 )
-
-
-@pytest.fixture
-def values(tiny_network, tiny_images, tiny_detectors):
-    tasks = {
-        name: make_task_set(tiny_images, name, "merged", n_pos=6, n_neg=6, seed=2)
-        for name in "abcd"
-    }
-    return add_gradient_values(
-        tuning_values(tiny_network, tiny_images), tiny_network, tiny_detectors, tasks, "merged"
-    )
 
 
 @pytest.fixture
@@ -125,7 +112,7 @@ def test_pack_jobs_spreads_shards():
 
 CONFIG_TOML = """
 [model]
-spec = "tests.conftest:TinyRGBNet"
+spec = "tests.conftest:tiny_rgb_net"
 
 [data]
 kind = "image-folder"
@@ -224,7 +211,8 @@ def test_vgg16_end_to_end_at_small_size(base):
     """Random-weight VGG-16 on a generated image folder at 32 px: detectors on fc7, values,
     a sharded sweep over two layers, tables and figures."""
     text = configured(base, "vgg").read_text()
-    text = text.replace('"tests.conftest:TinyRGBNet"', '"vgg16"').replace("size = 16", "size = 32")
+    text = text.replace('"tests.conftest:tiny_rgb_net"', '"vgg16"')
+    text = text.replace("size = 16", "size = 32")
     text = text.replace("resize = 16", "resize = 32").replace(
         "n_neg = 5", 'n_neg = 5\nlayers = ["conv1_1", "conv5_3"]\nall_layers = false'
     )

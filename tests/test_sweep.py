@@ -11,7 +11,7 @@ import torch
 
 from bioattn.analysis.sdt import detection_metrics
 from bioattn.attention.gains import Modulation, SpatialCue, feature_gain, modulate
-from bioattn.attention.values import add_gradient_values, layer_values, tuning_values
+from bioattn.attention.values import layer_values
 from bioattn.data.tasks import make_task_set
 from bioattn.errors import CategoryError, ConfigError, DataError, LayerError
 from bioattn.experiments.sweep import (
@@ -22,17 +22,6 @@ from bioattn.experiments.sweep import (
     target_logits,
 )
 from tests.conftest import make_image_set
-
-
-@pytest.fixture
-def values(tiny_network, tiny_images, tiny_detectors):
-    tasks = {
-        name: make_task_set(tiny_images, name, "merged", n_pos=6, n_neg=6, seed=2)
-        for name in "abcd"
-    }
-    return add_gradient_values(
-        tuning_values(tiny_network, tiny_images), tiny_network, tiny_detectors, tasks, "merged"
-    )
 
 
 @pytest.fixture
