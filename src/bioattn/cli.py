@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the CLI imports torch-heavy modules only when a command run
     from bioattn.experiments.config import ExperimentConfig
     from bioattn.experiments.sweep import SweepConfig
     from bioattn.models.train import TrainSettings
+    from bioattn.ssn import SSNParams
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -465,6 +466,40 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mechanisms(args: argparse.Namespace) -> int:
+    """Train RAM, soft spatial attention, dasNet feedback and optimal gains; compare with FSGM."""
+    from dataclasses import replace
+
+    from bioattn.mechanisms.compare import CompareConfig, run_comparison
+    from bioattn.mechanisms.training import Budget
+
+    started = time.perf_counter()
+    config = CompareConfig.quick() if args.quick else CompareConfig()
+    changes: dict[str, object] = {}
+    if args.image_types:
+        changes["image_types"] = args.image_types
+    if args.categories:
+        changes["categories"] = args.categories
+    if args.soft_layer:
+        changes["soft_layer"] = args.soft_layer
+    for name in ("ram", "soft", "dasnet", "optimal", "clutter"):
+        steps = getattr(args, f"{name}_steps")
+        if steps is not None:
+            budget = getattr(config, f"{name}_budget") or Budget(1)
+            skip = steps == 0 and name == "clutter"
+            changes[f"{name}_budget"] = None if skip else replace(budget, steps=steps)
+    result = run_comparison(args.out_dir, replace(config, **changes), args.data_dir)
+    columns = ["image_type", "mechanism", "tp", "tn", "performance", "dprime", "criterion"]
+    print(result.summary[[*columns, "train_seconds"]].round(3).to_string(index=False))
+    if result.clutter:
+        print(
+            f"RAM on cluttered images: test accuracy {result.clutter['test_accuracy']:.3f} "
+            f"(chance {result.clutter['chance']:.2f})"
+        )
+    print(f"results in {args.out_dir}; took {time.perf_counter() - started:.0f} s")
+    return 0
+
+
 def cmd_analyze_neural(args: argparse.Namespace) -> int:
     """Neural analyses of a recording: CSV tables and figures."""
     from bioattn.analysis.neural import analyze_recording
@@ -487,6 +522,170 @@ def cmd_analyze_neural(args: argparse.Namespace) -> int:
         print("FSGM test (median slope per rank, median intercept − 1):")
         print(table[[*columns, "median_intercept_minus_1"]].to_string(index=False))
     print(f"{len(report.files)} files written to {args.out}")
+    return 0
+
+
+def _ssn_params(args: argparse.Namespace) -> SSNParams:
+    """SSN parameters from ``--param NAME=VALUE`` options (the rest at their defaults); also
+    applies ``--threads``."""
+    from dataclasses import fields
+
+    from bioattn.ssn import SSNParams
+
+    names = [f.name for f in fields(SSNParams)]
+    overrides: dict[str, float | int] = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        name = name.strip().lower()
+        if not sep or name not in names:
+            raise ConfigError(
+                f"--param {item!r}: expected NAME=VALUE with NAME one of {', '.join(names)}"
+            )
+        try:
+            overrides[name] = int(value) if name == "check_every" else float(value)
+        except ValueError as error:
+            raise ConfigError(f"--param {item!r}: {value!r} is not a number") from error
+    params = SSNParams(**overrides)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return params
+
+
+def _add_ssn_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", type=Path, help="output folder")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an SSN parameter (bioattn.ssn.SSNParams), e.g. --param j_ee=1.1 --param dt=1; "
+        "repeatable; unstable settings are refused with the reason",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the image subsets (0)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's choice); use 1 when the cores are busy with other "
+        "work: every Euler step waits for all threads (docs/ssn.md)",
+    )
+    _add_data_dir(parser)
+
+
+def _finding_lines(findings: dict[str, dict]) -> list[str]:
+    """One line per network: whether findings 1 and 2 replicate (``finding_checks`` output)."""
+    lines = []
+    for name, checks in findings.items():
+        verdicts = {"finding1": checks.get("finding1_replicates")}
+        verdicts.update(
+            (key, value["replicates"])
+            for key, value in checks.items()
+            if isinstance(value, dict) and "replicates" in value
+        )
+        lines.append(f"{name}: " + ", ".join(f"{k} replicates: {v}" for k, v in verdicts.items()))
+    return lines
+
+
+def cmd_ssn_replicate(args: argparse.Namespace) -> int:
+    """Findings 1 and 2 on the SSN-CNN (attention as input current) next to the plain network."""
+    from bioattn.experiments.replication import format_summary
+    from bioattn.ssn.experiments import (
+        DEFAULT_SSN_BETAS,
+        DEFAULT_SSN_CATEGORIES,
+        run_ssn_replication,
+    )
+
+    params = _ssn_params(args)
+    categories = args.categories or DEFAULT_SSN_CATEGORIES
+    sizes: dict[str, int] = {}
+    betas = args.betas or DEFAULT_SSN_BETAS
+    if args.quick:
+        categories = args.categories or ("Trouser", "Bag")
+        betas = args.betas or (0.0, 0.1, 0.4)
+        sizes = {
+            "n_pos": 20,
+            "n_neg": 20,
+            "n_detector_per_category": 30,
+            "n_tuning_per_category": 30,
+            "gradient_set_size": 10,
+            "n_check_per_category": 20,
+        }
+    if args.n_pos is not None:
+        sizes["n_pos"] = args.n_pos
+    if args.n_neg is not None:
+        sizes["n_neg"] = args.n_neg
+    started = time.perf_counter()
+    result = run_ssn_replication(
+        args.out,
+        categories=None if categories == ("all",) else categories,
+        layers=args.layers or "all",
+        ssn_betas=betas,
+        methods=args.methods,
+        params=params,
+        fsgm_on_ssn=args.fsgm_on_ssn,
+        data_dir=args.data_dir,
+        seed=args.seed,
+        **sizes,
+    )
+    for name, key in (("SSN-CNN, input current", "ssn_summary"), ("plain, FSGM", "plain_summary")):
+        print(f"\n{name}: performance increase (pp, mean ± SEM across categories):")
+        print(format_summary(result[key]))
+    for line in _finding_lines(result["findings"]):
+        print(line)
+    if result["failures"]:
+        print(f"{len(result['failures'])} conditions diverged (see config.json)")
+    print(f"\nresults in {args.out}; took {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def cmd_ssn_signatures(args: argparse.Namespace) -> int:
+    """Summation, contrast response with attention and time courses at one SSN layer."""
+    from bioattn.ssn.signatures import run_ssn_signatures
+
+    numbers = run_ssn_signatures(
+        args.out,
+        layer=args.layer,
+        category=args.category,
+        beta=args.beta,
+        params=_ssn_params(args),
+        n_images=args.n_images,
+        data_dir=args.data_dir,
+        seed=args.seed,
+    )
+    print("summation, median r(A+B) / (r(A) + r(B)) by contrast:")
+    for row in numbers["summation"]:
+        print(f"  c = {row['contrast']:g}: {row.get('median_ratio', float('nan')):.3f}")
+    print(
+        f"attention (β = {numbers['beta']:g}, {numbers['category']}): Naka–Rushton r_max × "
+        f"{numbers['r_max_ratio_attended_over_unattended']:.3f}, c50 × "
+        f"{numbers['c50_ratio_attended_over_unattended']:.3f}; attended/unattended "
+        f"{numbers['modulation_ratio_lowest_contrast']:.2f} at the lowest contrast, "
+        f"{numbers['modulation_ratio_highest_contrast']:.2f} at the highest"
+    )
+    print(f"numbers, tables and figure in {args.out}")
+    return 0
+
+
+def cmd_ssn_benchmark(args: argparse.Namespace) -> int:
+    """Cost per image of the SSN-CNN against the plain network, and convergence in dt and tol."""
+    from bioattn.ssn.convergence import run_ssn_benchmark
+
+    tables = run_ssn_benchmark(
+        args.out,
+        n_images=args.n_images,
+        repeats=args.repeats,
+        settings=() if args.no_convergence else None,
+        params=_ssn_params(args),
+        data_dir=args.data_dir,
+        seed=args.seed,
+    )
+    for name, table in tables.items():
+        print(f"\n{name}:\n{table.to_string(index=False)}")
+    print(f"\ntables in {args.out}")
     return 0
 
 
@@ -712,6 +911,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr", type=float, default=None, help="SNR for the noise image type")
     p.add_argument("--record-seed", type=int, default=0, help="seed of the stimulus sets (0)")
     p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser(
+        "mechanisms",
+        help="compare RAM, soft spatial, dasNet and optimal gains with FSGM (resumable)",
+    )
+    _add_data_dir(p)
+    p.add_argument("out_dir", type=Path, help="results folder (checkpoints resume from it)")
+    p.add_argument("--quick", action="store_true", help="a few-minute smoke version")
+    p.add_argument("--image-types", type=_csv, default=None, help="array,merged (default both)")
+    p.add_argument("--categories", type=_csv, default=None, help="categories (default all)")
+    p.add_argument("--soft-layer", default=None, help="soft spatial attention layer (last)")
+    for name, what in (
+        ("ram", "RAM detection"),
+        ("soft", "soft spatial attention"),
+        ("dasnet", "dasNet feedback"),
+        ("optimal", "optimal gains (full-batch steps per layer)"),
+        ("clutter", "RAM on cluttered images; 0 skips it"),
+    ):
+        p.add_argument(f"--{name}-steps", type=int, default=None, help=f"training steps of {what}")
+    p.set_defaults(func=cmd_mechanisms)
+
+    p = sub.add_parser("ssn", help="the SSN-CNN: replication, neural signatures, benchmark")
+    ssn = p.add_subparsers(dest="ssn_command", required=True, metavar="SSN_COMMAND")
+    q = ssn.add_parser(
+        "replicate", help="findings 1 and 2 with attention as input current, vs the plain network"
+    )
+    _add_ssn_common(q)
+    q.add_argument(
+        "--categories",
+        type=_csv,
+        default=None,
+        help="attended categories ('all' for the ten; default T-shirt/top,Pullover,Coat,Shirt,Bag)",
+    )
+    q.add_argument("--layers", type=_csv, default=None, help="SSN and attended layers (all)")
+    q.add_argument(
+        "--betas", type=_floats, default=None, help="β grid of the currents (0,0.03,0.1,0.2,0.4)"
+    )
+    q.add_argument("--methods", type=_csv, default=("tuning", "gradient"), help="tuning,gradient")
+    q.add_argument("--n-pos", type=int, default=None, help="positives per category (50)")
+    q.add_argument("--n-neg", type=int, default=None, help="negatives per category (50)")
+    q.add_argument(
+        "--fsgm-on-ssn", action="store_true", help="also multiplicative FSGM on the SSN-CNN"
+    )
+    q.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run (about 8 min on 2 busy cores): Trouser and Bag, 20 + 20 images, "
+        "β 0,0.1,0.4, small value sets",
+    )
+    q.set_defaults(func=cmd_ssn_replicate)
+    q = ssn.add_parser("signatures", help="summation, contrast response, time courses")
+    _add_ssn_common(q)
+    q.add_argument("--layer", default="conv2_1", help="SSN layer (conv2_1)")
+    q.add_argument("--category", default="Trouser", help="attended category (Trouser)")
+    q.add_argument("--beta", type=float, default=0.15, help="attention strength (0.15)")
+    q.add_argument("--n-images", type=int, default=16, help="test images (16)")
+    q.set_defaults(func=cmd_ssn_signatures)
+    q = ssn.add_parser(
+        "benchmark",
+        aliases=["convergence"],
+        help="cost per image vs the plain network; convergence in Euler step and tolerance",
+    )
+    _add_ssn_common(q)
+    q.add_argument("--n-images", type=int, default=64, help="merged test images (64)")
+    q.add_argument("--repeats", type=int, default=2, help="timings of each network (2)")
+    q.add_argument("--no-convergence", action="store_true", help="only the cost tables")
+    q.set_defaults(func=cmd_ssn_benchmark)
 
     p = sub.add_parser("analyze", help="analyse recordings")
     analyze = p.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")

@@ -88,9 +88,7 @@ class TaskSet:
                 f"{tuple(self.is_target.shape)}"
             )
         if self.image_type not in _ITEMS:
-            raise ValueError(
-                f"unknown image type {self.image_type!r}; valid: {', '.join(_ITEMS)}"
-            )
+            raise ValueError(f"unknown image type {self.image_type!r}; valid: {', '.join(_ITEMS)}")
         k = _ITEMS[self.image_type]
         if self.contents.shape != (n, k):
             raise ValueError(

@@ -53,15 +53,20 @@ def compute_values(
     gradient_set_size: int = GRADIENT_SET_SIZE,
     seed: int = 0,
     progress: bool = True,
+    tuning_images: ImageSet | None = None,
 ) -> xr.Dataset:
     """Tuning values from standard training images and gradient values per image type.
 
     Gradient values use task sets (``gradient_set_size`` positives and as many negatives per
     category) built from the training split with their own seed, so no test image is used.
+    Tuning values use ``tuning_images`` when given (a subset, for slow networks such as the
+    SSN-CNN), else ``train_images``.
     """
-    if train_images.split != "train":
-        raise DataError(f"values must come from training images, got split {train_images.split!r}")
-    values = tuning_values(network, train_images)
+    tuning_images = train_images if tuning_images is None else tuning_images
+    for images in (train_images, tuning_images):
+        if images.split != "train":
+            raise DataError(f"values must come from training images, got split {images.split!r}")
+    values = tuning_values(network, tuning_images)
     for image_type in image_types:
         if image_type == "noise":
             raise DataError("gradient values for noise images are not computed by the replication")

@@ -1,0 +1,660 @@
+"""One comparison of attention mechanisms with the feature similarity gain model (FSGM).
+
+Every mechanism answers the same cued question — "is category c in this image?" — on the same
+test sets as the FSGM sweep (:func:`bioattn.experiments.sweep.build_test_sets`: per category
+``n_pos`` positives and ``n_neg`` negatives of each image type, from the test split). Every
+choice a mechanism makes is fitted on training images only:
+
+=================  ========================================================================
+``none``           the default network and its detectors, no attention (β = 0)
+``fsgm-tuning``    FSGM with tuning values; per category the (layer, β) with the best
+``fsgm-gradient``  performance on a training *selection pool* (β = 0 included), with
+                   gradient values
+``fsgm-optimal``   directly optimised per-map gains (:mod:`~bioattn.mechanisms.optimal`) at
+                   every layer on the selection pool; per category the layer whose gains did
+                   best there (no attention if none beat it)
+``dasnet``         feedback feature gains from top-layer activity (:mod:`.dasnet`)
+``soft-spatial``   softmax weighting over positions of one layer (:mod:`.soft_spatial`)
+``ram``            hard spatial attention, a recurrent attention model trained from scratch
+                   with REINFORCE on the pixels (:mod:`.ram`); not the default network
+=================  ========================================================================
+
+dasNet, soft spatial attention and RAM train on a larger *training pool* of cued questions
+(balanced per category). Separately, a RAM is trained to classify translated, cluttered
+Fashion-MNIST (``clutter_size`` × ``clutter_size``, Mnih et al.'s task) and its test accuracy
+reported. Results folder: ``comparison.csv`` (mean ± SEM over categories per image type and
+mechanism, with training time), ``comparison_by_category.csv``, ``gain_correlations.csv`` (learned
+and optimal gains against tuning and gradient values, per layer), ``ram_clutter.json``,
+``config.json`` (settings, budgets, timings, versions) and ``figures/`` (comparison, RAM
+glimpse trajectories, soft attention maps). Training checkpoints go to ``checkpoints/``; running
+again with the same folder resumes or reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from matplotlib.figure import Figure
+
+from bioattn.analysis.figures import save_figure
+from bioattn.analysis.sdt import detection_metrics_batch
+from bioattn.attention.gains import Modulation, feature_gain
+from bioattn.attention.values import layer_values, load_values, save_values, variable_name
+from bioattn.cache import atomic_write_bytes
+from bioattn.data.clutter import make_cluttered
+from bioattn.data.imageset import ImageSet
+from bioattn.data.tasks import TaskSet
+from bioattn.errors import ConfigError
+from bioattn.experiments.engine import SweepEngine, target_logits
+from bioattn.experiments.sweep import DEFAULT_BETAS, SweepConfig, build_test_sets
+from bioattn.mechanisms.common import (
+    CuedSet,
+    cued_set,
+    evaluate_in_batches,
+    metric_rows,
+    training_pool,
+)
+from bioattn.mechanisms.dasnet import FeedbackPolicy, dasnet_pass, mean_gains, train_dasnet
+from bioattn.mechanisms.optimal import (
+    OptimalGains,
+    check_bounds,
+    gain_value_correlations,
+    optimise_gains,
+)
+from bioattn.mechanisms.ram import (
+    RAMConfig,
+    RecurrentAttentionModel,
+    plot_glimpses,
+    ram_detection_logits,
+    ram_outputs,
+    train_ram,
+)
+from bioattn.mechanisms.soft_spatial import (
+    SoftSpatialAttention,
+    plot_attention_maps,
+    soft_spatial_logits,
+    train_soft_spatial,
+)
+from bioattn.mechanisms.training import Budget, RunOptions
+from bioattn.models.detectors import Detectors
+from bioattn.models.network import LayerInfo, Network
+
+#: Mechanisms in table and figure order.
+MECHANISMS = (
+    "none",
+    "fsgm-tuning",
+    "fsgm-gradient",
+    "fsgm-optimal",
+    "dasnet",
+    "soft-spatial",
+    "ram",
+)
+#: Image types the comparison supports (attention needs something to select among).
+COMPARE_IMAGE_TYPES = ("array", "merged")
+METRICS = ("tp", "tn", "fp", "performance", "dprime", "criterion")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Everything that defines a comparison run; the defaults are the documented full run.
+
+    Budgets are :class:`~bioattn.mechanisms.training.Budget` (steps, batch size, learning rate;
+    for optimal gains the batch size is only the chunk size of the full-batch steps).
+    ``clutter_budget = None`` skips the cluttered-classification RAM.
+    """
+
+    image_types: tuple[str, ...] = COMPARE_IMAGE_TYPES
+    categories: tuple[str, ...] | None = None
+    n_pos: int = 75
+    n_neg: int = 75
+    seed: int = 0
+    pool_per_class: int = 100
+    select_per_class: int = 20
+    fsgm_layers: tuple[str, ...] | None = None
+    betas: tuple[float, ...] = DEFAULT_BETAS
+    soft_layer: str | None = None
+    dasnet_layers: tuple[str, ...] | None = None
+    feedback_steps: int = 2
+    ram: RAMConfig = RAMConfig(n_glimpses=4, glimpse_hidden=64, hidden=128)
+    ram_budget: Budget = Budget(400, 32, 1e-3)
+    soft_budget: Budget = Budget(150, 32, 3e-3)
+    dasnet_budget: Budget = Budget(60, 32, 3e-3)
+    optimal_budget: Budget = Budget(8, 200, 0.1)
+    optimal_l2: float = 1e-3
+    optimal_bounds: tuple[float, float] = (0.0, 3.0)
+    clutter_budget: Budget | None = Budget(300, 32, 1e-3)
+    clutter_train: int = 5_000
+    clutter_test: int = 1_000
+    clutter_size: int = 60
+    clutter_pieces: int = 4
+    clutter_piece_size: int = 8
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.image_types if t not in COMPARE_IMAGE_TYPES]
+        if bad or not self.image_types:
+            raise ConfigError(
+                f"image types {bad or '(none)'} cannot be compared; choose from "
+                f"{', '.join(COMPARE_IMAGE_TYPES)}"
+            )
+        for name in ("n_pos", "n_neg", "pool_per_class", "select_per_class", "feedback_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("clutter_train", "clutter_test", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_bounds(self.optimal_bounds)
+        if self.optimal_l2 < 0:
+            raise ConfigError(f"optimal_l2 must be >= 0, got {self.optimal_l2}")
+        if not self.betas or any(not np.isfinite(b) for b in self.betas):
+            raise ConfigError(f"betas must be finite numbers, got {self.betas}")
+
+    @classmethod
+    def quick(cls, **changes: object) -> CompareConfig:
+        """A few-minute smoke version: 2 categories, small pools, short budgets."""
+        settings: dict[str, object] = {
+            "categories": ("Trouser", "Bag"),
+            "n_pos": 30,
+            "n_neg": 30,
+            "pool_per_class": 60,
+            "select_per_class": 15,
+            "ram_budget": Budget(100, 32, 1e-3),
+            "soft_budget": Budget(30, 32, 3e-3),
+            "dasnet_budget": Budget(30, 32, 1e-3),
+            "optimal_budget": Budget(5, 300, 0.05),
+            "clutter_budget": Budget(100, 32, 1e-3),
+            "clutter_train": 1_000,
+            "clutter_test": 200,
+        }
+        settings.update(changes)
+        return cls(**settings)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict:
+        """Plain-dict form for ``config.json``."""
+        return asdict(self)
+
+
+@dataclass
+class ComparisonResult:
+    """Tables and files of one comparison."""
+
+    by_category: pd.DataFrame
+    summary: pd.DataFrame
+    correlations: pd.DataFrame
+    clutter: dict[str, float]
+    timings: dict[str, float]
+    paths: list[Path] = field(default_factory=list)
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global generator for module initialisation without disturbing the caller."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _options(
+    config: CompareConfig, path: Path, progress: bool, every_divisor: int = 1
+) -> RunOptions:
+    """Checkpoint options of one training run of a comparison."""
+    return RunOptions(path, max(1, config.checkpoint_every // every_divisor), progress)
+
+
+def _split(logits: torch.Tensor, tasks: Mapping[str, TaskSet]) -> dict[str, torch.Tensor]:
+    """Logits of a concatenation of ``tasks`` back per category."""
+    parts = torch.split(logits, [len(t) for t in tasks.values()])
+    return dict(zip(tasks, parts, strict=True))
+
+
+def _select_fsgm(
+    engine: SweepEngine,
+    values: xr.Dataset,
+    method: str,
+    image_type: str,
+    category: str,
+    layers: Sequence[LayerInfo],
+    betas: Sequence[float],
+    select: TaskSet,
+) -> tuple[LayerInfo | None, float]:
+    """(layer, β) with the best performance on ``select``; ties go to β = 0, then order."""
+    keys = [(layer, beta) for layer in layers for beta in betas if beta != 0.0]
+    name = variable_name(method, image_type)
+    conditions = [
+        {layer: Modulation(scale=feature_gain(layer_values(values, name, category, layer), beta))}
+        for layer, beta in keys
+    ]
+    logits = torch.cat(
+        [engine.baseline_logits(select).unsqueeze(0), engine.condition_logits(select, conditions)]
+    )
+    performance = detection_metrics_batch(logits, select.is_target)["performance"]
+    best = int(np.argmax(performance))
+    return (None, 0.0) if best == 0 else keys[best - 1]
+
+
+def _optimal_choice(results: Sequence[OptimalGains], k: int) -> tuple[OptimalGains | None, float]:
+    """The layer whose gains did best for category index ``k`` (None: none beat β = 0)."""
+    best = max(results, key=lambda r: float(r.train_performance[k]))
+    if float(best.train_performance[k]) <= float(best.baseline_performance[k]):
+        return None, float(best.baseline_performance[k])
+    return best, float(best.train_performance[k])
+
+
+def _rows_for(
+    logits: torch.Tensor | Mapping[str, torch.Tensor],
+    tasks: Mapping[str, TaskSet],
+    image_type: str,
+    mechanism: str,
+    layer: str = "",
+) -> list[dict[str, object]]:
+    by_category = logits if isinstance(logits, Mapping) else _split(logits, tasks)
+    return metric_rows(by_category, tasks, image_type=image_type, mechanism=mechanism, layer=layer)
+
+
+def summarise(by_category: pd.DataFrame, timings: Mapping[str, float]) -> pd.DataFrame:
+    """Mean ± SEM over categories per (image type, mechanism), with training seconds."""
+    rows = []
+    for (image_type, mechanism), group in by_category.groupby(["image_type", "mechanism"]):
+        row: dict[str, object] = {"image_type": image_type, "mechanism": mechanism}
+        for metric in METRICS:
+            values = group[metric].astype(float)
+            row[metric] = float(values.mean())
+            row[f"{metric}_sem"] = (
+                float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+            )
+        row["n_categories"] = int(group["category"].nunique())
+        row["train_seconds"] = round(float(timings.get(f"{image_type}/{mechanism}", 0.0)), 1)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["_order"] = out["mechanism"].map({m: i for i, m in enumerate(MECHANISMS)})
+    out = out.sort_values(["image_type", "_order"], kind="mergesort").drop(columns="_order")
+    return out.reset_index(drop=True)
+
+
+def plot_comparison(summary: pd.DataFrame, stem: str | Path) -> list[Path]:
+    """TP, TN, d′ and criterion (mean ± SEM over categories) per mechanism and image type."""
+    fig = Figure(figsize=(13, 3.6))
+    mechanisms = [m for m in MECHANISMS if m in set(summary["mechanism"])]
+    image_types = sorted(summary["image_type"].unique())
+    width = 0.8 / max(1, len(image_types))
+    colors = ("#1f77b4", "#ff7f0e", "#2ca02c")
+    labels = {"tp": "TP (hit rate)", "tn": "TN (correct rejection)", "dprime": "d′"}
+    for p, metric in enumerate(("tp", "tn", "dprime", "criterion")):
+        ax = fig.add_subplot(1, 4, p + 1)
+        for i, image_type in enumerate(image_types):
+            part = summary[summary["image_type"] == image_type].set_index("mechanism")
+            part = part.reindex(mechanisms)
+            x = np.arange(len(mechanisms)) + (i - (len(image_types) - 1) / 2) * width
+            ax.bar(
+                x,
+                part[metric],
+                width,
+                yerr=part[f"{metric}_sem"],
+                color=colors[i % len(colors)],
+                label=image_type,
+                capsize=2,
+            )
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_xticks(np.arange(len(mechanisms)))
+        ax.set_xticklabels(mechanisms, rotation=45, ha="right", fontsize=8)
+        ax.set_title(labels.get(metric, metric), fontsize=10)
+        if metric in ("tp", "tn"):
+            ax.set_ylim(0, 1)
+    fig.axes[0].legend(fontsize=8, title="images", title_fontsize=8)
+    fig.suptitle("Attention mechanisms on the same detection test sets (mean ± SEM)", fontsize=10)
+    fig.subplots_adjust(wspace=0.3)
+    return save_figure(fig, stem)
+
+
+def _clutter_run(
+    train: ImageSet,
+    test: ImageSet,
+    config: CompareConfig,
+    folder: Path,
+    figures: Path,
+    progress: bool,
+) -> tuple[dict[str, float], list[Path]]:
+    """Train and test a classification RAM on translated, cluttered images."""
+    assert config.clutter_budget is not None
+    kwargs = {
+        "size": config.clutter_size,
+        "n_clutter": config.clutter_pieces,
+        "clutter_size": config.clutter_piece_size,
+    }
+    started = time.perf_counter()
+    train_set = make_cluttered(train, config.clutter_train, seed=config.seed, **kwargs)
+    test_set = make_cluttered(test, config.clutter_test, seed=config.seed + 1, **kwargs)
+    with _seeded(config.seed):
+        model = RecurrentAttentionModel(train.images.shape[1], len(train.categories), 0, config.ram)
+    log = train_ram(
+        model,
+        train_set,
+        config.clutter_budget,
+        config.seed,
+        _options(config, folder / "clutter_ram.pt", progress),
+    )
+    out = ram_outputs(model, test_set.images)
+    accuracy = float((out.logits.argmax(1) == test_set.labels).float().mean())
+    shown = slice(0, 6)
+    paths = plot_glimpses(
+        test_set.images[shown],
+        out.locations[shown],
+        config.ram,
+        figures / "ram_glimpses_clutter",
+        [
+            f"{test.categories[int(y)]} → {test.categories[int(p)]}"
+            for y, p in zip(test_set.labels[shown], out.logits[shown].argmax(1), strict=True)
+        ],
+    )
+    result = {
+        "test_accuracy": accuracy,
+        "chance": 1.0 / len(train.categories),
+        "n_train": config.clutter_train,
+        "n_test": config.clutter_test,
+        "steps": log.steps,
+        "train_seconds": round(log.seconds, 1),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return result, paths
+
+
+def compare_mechanisms(
+    network: Network,
+    detectors: Detectors,
+    values: xr.Dataset,
+    train: ImageSet,
+    test: ImageSet,
+    config: CompareConfig = CompareConfig(),
+    out_dir: str | Path = "runs/mechanisms",
+    progress: bool = True,
+    extra: Mapping[str, object] | None = None,
+) -> ComparisonResult:
+    """Train every mechanism, evaluate all of them on the same test sets, write the results.
+
+    ``extra`` entries (e.g. the model's metrics) are added to ``config.json``.
+    """
+    from bioattn.experiments.replication import environment_info
+
+    out_dir = Path(out_dir)
+    folder, figures = out_dir / "checkpoints", out_dir / "figures"
+    chosen = detectors.categories if config.categories is None else config.categories
+    categories = [detectors.categories[detectors.index(c)] for c in chosen]
+    layers = network.resolve_layers(config.fsgm_layers)
+    soft_layer = network.resolve_layer(config.soft_layer or network.layers[-1].alias)
+    dasnet_layers = network.resolve_layers(config.dasnet_layers)
+    sweep = SweepConfig(
+        image_types=config.image_types,
+        categories=tuple(categories),
+        n_pos=config.n_pos,
+        n_neg=config.n_neg,
+        seed=config.seed,
+    )
+    test_sets = build_test_sets(test, categories, sweep)
+    k_all = len(detectors.categories)
+    cat_index = [detectors.index(c) for c in categories]
+    betas = sorted({0.0, *(float(b) for b in config.betas)})
+    engine = SweepEngine(network, detectors)
+    rows: list[dict[str, object]] = []
+    correlations: list[pd.DataFrame] = []
+    timings: dict[str, float] = {}
+    paths: list[Path] = []
+    started = time.perf_counter()
+
+    for image_type in config.image_types:
+        tasks = {c: test_sets[(image_type, c)] for c in categories}
+        test_cued = cued_set(list(tasks.values()), detectors.categories)
+        pool = cued_set(
+            list(
+                training_pool(
+                    train, categories, image_type, config.pool_per_class, config.seed
+                ).values()
+            ),
+            detectors.categories,
+        )
+        selection_tasks = training_pool(
+            train, categories, image_type, config.select_per_class, config.seed + 1
+        )
+        selection = cued_set(list(selection_tasks.values()), detectors.categories)
+
+        def timed(name: str, seconds: float, image_type: str = image_type) -> None:
+            timings[f"{image_type}/{name}"] = seconds
+
+        # no attention
+        baseline = {c: target_logits(network, detectors, tasks[c]) for c in categories}
+        rows += _rows_for(baseline, tasks, image_type, "none")
+
+        # FSGM with tuning and gradient values: (layer, β) chosen on the selection pool
+        for method in ("tuning", "gradient"):
+            step = time.perf_counter()
+            for c in categories:
+                layer, beta = _select_fsgm(
+                    engine, values, method, image_type, c, layers, betas, selection_tasks[c]
+                )
+                if layer is None:
+                    logits = baseline[c]
+                else:
+                    v = layer_values(values, variable_name(method, image_type), c, layer)
+                    mod = {layer: Modulation(scale=feature_gain(v, beta))}
+                    logits = target_logits(network, detectors, tasks[c], mod)
+                for row in _rows_for({c: logits}, tasks, image_type, f"fsgm-{method}"):
+                    row.update(layer=layer.alias if layer else "", beta=beta)
+                    rows.append(row)
+            timed(f"fsgm-{method}", time.perf_counter() - step)
+
+        # optimal gains at every layer, the best layer per category
+        step = time.perf_counter()
+        results = [
+            optimise_gains(
+                network,
+                detectors,
+                layer,
+                selection,
+                config.optimal_budget,
+                config.optimal_l2,
+                config.optimal_bounds,
+                _options(config, folder / f"{image_type}_optimal_{layer.alias}.pt", progress, 5),
+            )
+            for layer in layers
+        ]
+        for c, k in zip(categories, cat_index, strict=True):
+            choice, train_perf = _optimal_choice(results, k)
+            if choice is None:
+                logits = baseline[c]
+            else:
+                mod = {choice.layer: Modulation(scale=choice.gains[k])}
+                logits = target_logits(network, detectors, tasks[c], mod)
+            for row in _rows_for({c: logits}, tasks, image_type, "fsgm-optimal"):
+                row.update(layer=choice.layer.alias if choice else "", train_performance=train_perf)
+                rows.append(row)
+        timed("fsgm-optimal", time.perf_counter() - step)
+        optimal_gains = {r.layer.alias: r.gains[cat_index] for r in results}
+        correlations.append(
+            gain_value_correlations(optimal_gains, values, categories, image_type, layers).assign(
+                image_type=image_type, gains="optimal"
+            )
+        )
+
+        # dasNet-style feedback gains
+        with _seeded(config.seed):
+            policy = FeedbackPolicy(
+                detectors.n_features, [la.channels for la in dasnet_layers], k_all
+            )
+        log = train_dasnet(
+            network,
+            detectors,
+            policy,
+            dasnet_layers,
+            pool,
+            config.dasnet_budget,
+            config.feedback_steps,
+            config.seed,
+            _options(config, folder / f"{image_type}_dasnet.pt", progress),
+        )
+        timed("dasnet", log.seconds)
+        feedback = partial(
+            dasnet_pass,
+            network,
+            detectors,
+            policy,
+            dasnet_layers,
+            feedback_steps=config.feedback_steps,
+        )
+        parts = evaluate_in_batches(feedback, test_cued.images, test_cued.category)
+        rows += _rows_for(torch.cat([p[0] for p in parts]), tasks, image_type, "dasnet", "all")
+        gains = [torch.cat(per_layer) for per_layer in zip(*(p[1] for p in parts), strict=True)]
+        learned = {
+            la.alias: g[cat_index]
+            for la, g in zip(
+                dasnet_layers, mean_gains(gains, test_cued.category, k_all), strict=True
+            )
+        }
+        correlations.append(
+            gain_value_correlations(learned, values, categories, image_type, dasnet_layers).assign(
+                image_type=image_type, gains="dasnet"
+            )
+        )
+
+        # soft spatial attention
+        with _seeded(config.seed):
+            attention = SoftSpatialAttention(soft_layer.channels, k_all)
+        log = train_soft_spatial(
+            network,
+            detectors,
+            attention,
+            soft_layer,
+            pool,
+            config.soft_budget,
+            config.seed,
+            _options(config, folder / f"{image_type}_soft_spatial.pt", progress),
+        )
+        timed("soft-spatial", log.seconds)
+        record: list[torch.Tensor] = []
+        soft = partial(
+            soft_spatial_logits, network, detectors, attention, soft_layer, record=record
+        )
+        logits = torch.cat(evaluate_in_batches(soft, test_cued.images, test_cued.category))
+        weights = torch.cat(record)
+        rows += _rows_for(logits, tasks, image_type, "soft-spatial", soft_layer.alias)
+        shown = _examples(test_cued)
+        cues = [f"cue: {test_cued.categories[int(c)]}" for c in test_cued.category[shown]]
+        stem = figures / f"soft_attention_{image_type}"
+        paths += plot_attention_maps(test_cued.images[shown], weights[shown], stem, cues)
+
+        # hard spatial attention (RAM)
+        with _seeded(config.seed):
+            ram = RecurrentAttentionModel(train.images.shape[1], k_all, k_all, config.ram)
+        log = train_ram(
+            ram,
+            pool,
+            config.ram_budget,
+            config.seed,
+            _options(config, folder / f"{image_type}_ram.pt", progress),
+        )
+        timed("ram", log.seconds)
+        logits = ram_detection_logits(ram, test_cued.images, test_cued.category)
+        rows += _rows_for(logits, tasks, image_type, "ram")
+        out = ram_outputs(ram, test_cued.images[shown], test_cued.category[shown])
+        stem = figures / f"ram_glimpses_{image_type}"
+        paths += plot_glimpses(test_cued.images[shown], out.locations, config.ram, stem, cues)
+
+    clutter: dict[str, float] = {}
+    if config.clutter_budget is not None:
+        clutter, clutter_paths = _clutter_run(train, test, config, folder, figures, progress)
+        paths += clutter_paths
+        timings["clutter/ram"] = clutter["train_seconds"]
+    timings["total"] = time.perf_counter() - started
+
+    by_category = pd.DataFrame(rows)
+    by_category.insert(0, "task", "category")
+    summary = summarise(by_category, timings)
+    corr = pd.concat(correlations, ignore_index=True) if correlations else pd.DataFrame()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_category.to_csv(out_dir / "comparison_by_category.csv", index=False)
+    summary.to_csv(out_dir / "comparison.csv", index=False)
+    corr.to_csv(out_dir / "gain_correlations.csv", index=False)
+    atomic_write_bytes(out_dir / "ram_clutter.json", json.dumps(clutter, indent=2).encode())
+    paths += plot_comparison(summary, figures / "comparison")
+    paths += [out_dir / n for n in ("comparison.csv", "comparison_by_category.csv")]
+    run_config = {
+        "comparison": config.to_dict(),
+        "model": network.name,
+        **(extra or {}),
+        "environment": environment_info(),
+        "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
+        "ram_clutter": clutter,
+    }
+    atomic_write_bytes(out_dir / "config.json", json.dumps(run_config, indent=2).encode())
+    return ComparisonResult(by_category, summary, corr, clutter, timings, paths)
+
+
+def _examples(data: CuedSet, n: int = 6) -> torch.Tensor:
+    """Indices of up to ``n`` positives of different cued categories (for figures)."""
+    chosen: list[int] = []
+    seen: set[int] = set()
+    for i in torch.nonzero(data.is_target).squeeze(1).tolist():
+        cue = int(data.category[i])
+        if cue not in seen:
+            chosen.append(i)
+            seen.add(cue)
+        if len(chosen) == n:
+            break
+    return torch.tensor(chosen, dtype=torch.int64)
+
+
+def run_comparison(
+    out_dir: str | Path,
+    config: CompareConfig = CompareConfig(),
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+) -> ComparisonResult:
+    """The whole comparison on the default network and Fashion-MNIST (see the module docstring).
+
+    Tuning and gradient values are computed as the replication computes them and kept in
+    ``OUT_DIR/values.nc`` (reused when present and complete); ``config.json`` records the
+    settings, budgets, timings (training seconds per mechanism, summed over resumed sessions)
+    and versions.
+    """
+    from bioattn.data.fashion_mnist import load_fashion_mnist
+    from bioattn.experiments.replication import compute_values
+    from bioattn.models.train import load_default
+
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    trained = load_default(data_dir=data_dir, progress=progress)
+    train = load_fashion_mnist("train", data_dir)
+    test = load_fashion_mnist("test", data_dir)
+    values_path = out_dir / "values.nc"
+    needed = [variable_name(m, t) for m in ("tuning", "gradient") for t in config.image_types]
+    values = load_values(values_path, trained.network) if values_path.exists() else None
+    if values is None or any(name not in values for name in needed):
+        values = compute_values(
+            trained.network, trained.detectors, train, config.image_types, progress=progress
+        )
+        save_values(values, values_path)
+    values_seconds = time.perf_counter() - started
+    return compare_mechanisms(
+        trained.network,
+        trained.detectors,
+        values,
+        train,
+        test,
+        config,
+        out_dir,
+        progress,
+        extra={
+            "model_metrics": trained.metrics,
+            "model_and_values_seconds": round(values_seconds, 1),
+        },
+    )

@@ -1,0 +1,219 @@
+"""Convergence and cost of the SSN-CNN: how the Euler step and tolerance change its outputs, and
+what an image costs compared with the plain network.
+
+:func:`run_ssn_convergence` gives the table that justifies the default ``dt`` and ``tol``
+(docs/ssn.md); :func:`layer_costs` the time and Euler steps per SSN layer;
+:func:`time_per_image` the cost of a whole network. :func:`run_ssn_benchmark` runs all three on
+the default SSN-CNN (``bioattn ssn benchmark``, ``benchmarks/ssn.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from bioattn.models.network import Network
+from bioattn.ssn.builder import conv_output, ssn_blocks
+from bioattn.ssn.layer import SSNParams
+
+#: (dt in ms, tol per ms) settings compared by :func:`run_ssn_convergence`; the first is the
+#: reference, the third the default of :class:`~bioattn.ssn.layer.SSNParams`.
+CONVERGENCE_SETTINGS = (
+    (0.5, 1e-6),
+    (1.0, 1e-6),
+    (2.0, 1e-6),
+    (2.0, 3e-6),
+    (2.0, 1e-5),
+    (2.0, 1e-4),
+)
+
+__all__ = [
+    "CONVERGENCE_SETTINGS",
+    "layer_costs",
+    "run_ssn_benchmark",
+    "run_ssn_convergence",
+    "time_per_image",
+]
+
+
+def time_per_image(network: Network, images: torch.Tensor, batch_size: int = 256) -> float:
+    """Seconds per image of one pass of ``images`` to the readout (SSN memos cleared first)."""
+    for block in ssn_blocks(network).values():
+        block.ssn.clear_memo()
+    started = time.perf_counter()
+    network.readout_features(images, batch_size=batch_size)
+    return (time.perf_counter() - started) / images.shape[0]
+
+
+def run_ssn_convergence(
+    out_dir: str | Path,
+    network: Network,
+    ssn_network: Network,
+    images: torch.Tensor,
+    settings: Sequence[tuple[float, float]] = CONVERGENCE_SETTINGS,
+    t_max: float = 4000.0,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Readout features, class decisions and cost per image for several (dt, tol) settings.
+
+    The SSN-CNN keeps its calibration; only each layer's Euler step and tolerance change (with
+    a generous ``t_max`` so that the tolerance decides). The first setting is the reference:
+    for every other one the table gives the largest relative deviation of the readout features
+    (max |Δ| / max |reference|, per image, then the largest over images), the share of images
+    whose 10-way decision (argmax of the classifier head) changes, seconds per image and the
+    largest number of Euler steps of any layer. The plain network's cost is in the row with
+    ``setting == "plain"``. Written to ``convergence.csv``.
+    """
+    out_dir = Path(out_dir)
+    blocks = ssn_blocks(ssn_network)
+    original = {alias: block.ssn.params for alias, block in blocks.items()}
+    head = ssn_network.submodule(ssn_network.readout)
+    rows = []
+    reference: torch.Tensor | None = None
+    reference_class: torch.Tensor | None = None
+    try:
+        for dt, tol in tqdm(settings, desc="SSN convergence", disable=not progress):
+            for alias, block in blocks.items():
+                block.ssn.params = replace(original[alias], dt=dt, tol=tol, t_max=t_max)
+            started = time.perf_counter()
+            features = ssn_network.readout_features(images, batch_size=batch_size)
+            seconds = (time.perf_counter() - started) / images.shape[0]
+            steps = [block.ssn.last_steps for block in blocks.values()]
+            with torch.no_grad():
+                decision = head(features).argmax(dim=1)
+            if reference is None:
+                reference, reference_class = features, decision
+            scale = reference.abs().amax(dim=1).clamp(min=1e-12)
+            deviation = ((features - reference).abs().amax(dim=1) / scale).max()
+            rows.append(
+                {
+                    "setting": f"dt={dt:g} ms, tol={tol:g}",
+                    "dt_ms": dt,
+                    "tol": tol,
+                    "seconds_per_image": seconds,
+                    "max_steps": max(steps, default=0),
+                    "max_relative_feature_deviation": float(deviation),
+                    "decision_changes": float((decision != reference_class).float().mean()),
+                }
+            )
+    finally:
+        for alias, block in blocks.items():
+            block.ssn.params = original[alias]
+    rows.append(
+        {
+            "setting": "plain",
+            "dt_ms": float("nan"),
+            "tol": float("nan"),
+            "seconds_per_image": time_per_image(network, images, batch_size),
+            "max_steps": 0,
+            "max_relative_feature_deviation": float("nan"),
+            "decision_changes": float("nan"),
+        }
+    )
+    table = pd.DataFrame(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "convergence.csv", index=False)
+    return table
+
+
+def layer_costs(ssn_network: Network, images: torch.Tensor) -> pd.DataFrame:
+    """Seconds per image and Euler steps of each SSN layer for one pass over ``images``."""
+    rows = []
+    for alias, block in ssn_blocks(ssn_network).items():
+        x = conv_output(ssn_network, alias, images)
+        started = time.perf_counter()
+        result = block.ssn.simulate(x)
+        rows.append(
+            {
+                "layer": alias,
+                "shape": "x".join(str(s) for s in x.shape[1:]),
+                "seconds_per_image": (time.perf_counter() - started) / x.shape[0],
+                "steps": result.steps,
+                "mean_e_rate_hz": float(result.r_e.mean()),
+                "mean_i_rate_hz": float(result.r_i.mean()),
+                "max_e_rate_hz": float(result.r_e.max()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def run_ssn_benchmark(
+    out_dir: str | Path,
+    n_images: int = 64,
+    category: str = "Coat",
+    repeats: int = 2,
+    settings: Sequence[tuple[float, float]] | None = None,
+    params: SSNParams | None = None,
+    batch_size: int = 256,
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, pd.DataFrame]:
+    """Cost per image (plain network and SSN-CNN side by side), per-layer cost and convergence.
+
+    Builds the default SSN-CNN (:func:`~bioattn.ssn.experiments.build_default_ssn`) and uses
+    ``n_images`` merged test images of the ``category`` task (half positives). Writes under
+    ``out_dir``: ``cost.csv`` (``repeats`` alternating timings of both networks on the same
+    images), ``layer_costs.csv``, ``convergence.csv`` (:func:`run_ssn_convergence`; ``None``
+    settings use its defaults; an empty sequence skips it) and ``machine.json``. Returns the
+    tables by name.
+    """
+    import os
+    import platform
+
+    from bioattn.data.fashion_mnist import load_fashion_mnist
+    from bioattn.data.tasks import make_task_set
+    from bioattn.experiments.replication import environment_info
+    from bioattn.ssn.experiments import build_default_ssn, write_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    test = load_fashion_mnist("test", data_dir)
+    half = max(1, n_images // 2)
+    task = make_task_set(test, category, "merged", n_pos=half, n_neg=n_images - half, seed=seed)
+    network, ssn_network, _values = build_default_ssn(params, data_dir=data_dir, seed=seed)
+    images = task.images
+    rows = []
+    for rep in range(repeats):
+        for name, net in (("plain", network), ("ssn", ssn_network)):
+            rows.append(
+                {
+                    "network": name,
+                    "rep": rep,
+                    "seconds_per_image": time_per_image(net, images, batch_size),
+                    "load_average_1min": os.getloadavg()[0],
+                }
+            )
+    tables = {"cost": pd.DataFrame(rows), "layer_costs": layer_costs(ssn_network, images)}
+    if settings is None or len(settings) > 0:
+        kwargs = {} if settings is None else {"settings": tuple(settings)}
+        tables["convergence"] = run_ssn_convergence(
+            out_dir,
+            network,
+            ssn_network,
+            images,
+            batch_size=batch_size,
+            progress=progress,
+            **kwargs,
+        )
+    for name in ("cost", "layer_costs"):
+        tables[name].to_csv(out_dir / f"{name}.csv", index=False)
+    write_json(
+        out_dir / "machine.json",
+        {
+            **environment_info(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "n_images": int(images.shape[0]),
+            "image_shape": list(images.shape[1:]),
+            "batch_size": batch_size,
+        },
+    )
+    return tables

@@ -1,0 +1,562 @@
+"""Attention as an input current on the SSN-CNN, and the replication of findings 1 and 2
+(Lindsay, Rubin & Miller 2019).
+
+* :func:`run_ssn_sweep` is the SSN counterpart of :func:`bioattn.experiments.sweep.run_sweep`:
+  attention is an additive input current ``β·v·drive`` to the E and/or I cells of every position
+  of each feature map (v: tuning or gradient value of the map for the attended category, drive:
+  ``SSNParams.drive``), and the result is the same long-form performance table
+  (:data:`~bioattn.experiments.sweep.PERFORMANCE_COLUMNS`), so every summary and figure of
+  :mod:`bioattn.analysis` works on it.
+* :func:`run_ssn_replication`: build and calibrate the SSN-CNN of the default network, re-fit its
+  detectors, compute its tuning and gradient values, sweep, and compare with the plain network.
+
+Neural signatures are in :mod:`bioattn.ssn.signatures`, convergence and cost in
+:mod:`bioattn.ssn.convergence`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from bioattn.analysis.figures import method_colors, plot_performance_increase, save_figure
+from bioattn.analysis.sdt import detection_metrics
+from bioattn.attention.values import layer_values, save_values, tuning_values, variable_name
+from bioattn.cache import atomic_write_bytes
+from bioattn.data.fashion_mnist import load_fashion_mnist
+from bioattn.data.imageset import ImageSet, balanced_subset, resolve_category
+from bioattn.errors import ConfigError
+from bioattn.experiments.engine import target_logits
+from bioattn.experiments.sweep import (
+    ALL_LAYERS,
+    PERFORMANCE_COLUMNS,
+    Method,
+    SweepConfig,
+    build_test_sets,
+    hash_name,
+    parse_method,
+    resolve_sweep,
+    run_sweep,
+)
+from bioattn.models.detectors import Detectors, evaluate_detectors
+from bioattn.models.network import LayerInfo, Network
+from bioattn.ssn.builder import (
+    build_ssn_network,
+    fit_ssn_detectors,
+    ssn_attention,
+    ssn_blocks,
+    ssn_layer,
+)
+from bioattn.ssn.layer import SSNInstabilityError, SSNLayer, SSNParams
+
+ATTENTION_TARGETS = ("E", "I", "both")
+#: Attention strengths of the SSN sweep: current = β·v·drive, so β = 0.1 adds a tenth of a
+#: typical unit's feedforward drive to a map with v = 1. (A pilot on two categories found the
+#: best β between 0.05 and 0.4; β = 1 lowered performance almost everywhere.)
+DEFAULT_SSN_BETAS = (0.0, 0.03, 0.1, 0.2, 0.4)
+#: The reduced replication: five of the ten categories (every other one), merged images.
+DEFAULT_SSN_CATEGORIES = ("T-shirt/top", "Pullover", "Coat", "Shirt", "Bag")
+
+
+@dataclass(frozen=True)
+class CurrentAttention:
+    """How attention enters the SSN: an input current ``β·v·drive`` per feature map.
+
+    ``target``: "E" (current to E cells only), "I" (to I cells only; a positive value then
+    inhibits the map) or "both" (to E, and ``ratio_i`` times as much to I; ``None`` uses the
+    feedforward ratio ``SSNParams.input_ratio_i``, so attention acts like extra feedforward drive).
+    """
+
+    target: str = "both"
+    ratio_i: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.target not in ATTENTION_TARGETS:
+            raise ConfigError(
+                f"unknown attention target {self.target!r}; valid: {', '.join(ATTENTION_TARGETS)}"
+            )
+        if self.ratio_i is not None and not (math.isfinite(self.ratio_i) and self.ratio_i >= 0):
+            raise ConfigError(f"ratio_i must be a non-negative number, got {self.ratio_i}")
+
+    def currents(
+        self, ssn: SSNLayer, values: torch.Tensor, beta: float
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(current to E, current to I) as (C,) vectors for per-map ``values`` and strength β."""
+        v = torch.nan_to_num(values.to(torch.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        amplitude = float(beta) * ssn.params.drive * v
+        if self.target == "E":
+            return amplitude, None
+        if self.target == "I":
+            return None, amplitude
+        ratio = ssn.params.input_ratio_i if self.ratio_i is None else self.ratio_i
+        return amplitude, amplitude * ratio
+
+
+def value_vector(
+    values: xr.Dataset,
+    method: Method,
+    image_type: str,
+    category: str,
+    layer: LayerInfo,
+    shuffle_seed: int = 1,
+) -> torch.Tensor:
+    """The (C,) values a method uses at one layer: uniform ones, or tuning/gradient values,
+    permuted across maps for ``shuffled-…`` (seeded as in the plain sweep) and clipped at 0 for
+    ``…-positive``."""
+    if method.source is None:
+        raise ConfigError(f"method {method.name!r} uses no values")
+    if method.source == "uniform":
+        return torch.ones(layer.channels)
+    v = layer_values(values, variable_name(method.source, image_type), category, layer)
+    if method.shuffled:
+        generator = torch.Generator().manual_seed(
+            shuffle_seed * 1_000_003 + layer.number * 1009 + hash_name(category)
+        )
+        v = v[torch.randperm(v.numel(), generator=generator)]
+    if method.positive_only:
+        v = torch.clamp(v, min=0.0)
+    return v
+
+
+def run_ssn_sweep(
+    network: Network,
+    detectors: Detectors,
+    values: xr.Dataset,
+    test_images: ImageSet,
+    config: SweepConfig = SweepConfig(betas=DEFAULT_SSN_BETAS),
+    attention: CurrentAttention = CurrentAttention(),
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Sweep attention as input current on an SSN-CNN; returns the performance table.
+
+    Same conditions, test sets, validation and columns as
+    :func:`~bioattn.experiments.sweep.run_sweep` (``all_layers`` puts β/10 currents into every
+    SSN layer), with the current ``β·v·drive`` of :class:`CurrentAttention` in place of the
+    multiplicative gain. Methods: tuning, gradient, uniform and their shuffled / positive-only
+    variants; ``response-…`` is refused (a current is already additive). Every attended layer
+    must be an SSN layer.
+
+    A condition whose SSN diverges or does not converge is left out of the table (its β row is
+    missing) and listed in ``table.attrs["ssn_failures"]`` with the error message.
+    """
+    resolved = resolve_sweep(config, network, detectors, values)
+    config = resolved.config
+    for method in resolved.methods:
+        if method.additive:
+            raise ConfigError(
+                f"method {method.name!r}: attention as an input current is already additive; "
+                "use the method without 'response-'"
+            )
+        if getattr(method, "spatial", False) or method.source is None:
+            raise ConfigError(
+                f"method {method.name!r}: spatial attention as an input current is not "
+                "implemented; use tuning, gradient, uniform or their shuffled / positive-only "
+                "variants"
+            )
+    layers = list(resolved.layers)
+    for layer in layers:
+        ssn_layer(network, layer)  # raises with the list of SSN layers
+    ssn_layers = [network.resolve_layer(alias) for alias in ssn_blocks(network)]
+    tasks = build_test_sets(test_images, resolved.categories, config)
+    settings: list[tuple[str, int, list[LayerInfo], float]] = [
+        (layer.alias, layer.number, [layer], 1.0) for layer in layers
+    ]
+    if config.all_layers:
+        settings.append((ALL_LAYERS, 0, ssn_layers, 0.1))
+    nonzero = [b for b in config.betas if b != 0.0]
+    total = len(tasks) * (1 + len(settings) * len(resolved.methods) * len(nonzero))
+    bar = tqdm(total=total, desc=f"SSN sweep ({config.task})", disable=not progress)
+    rows: list[dict] = []
+    failures: list[dict] = []
+    for (image_type, category), task in tasks.items():
+        base = {"task": config.task, "image_type": image_type, "category": category}
+        baseline = detection_metrics(
+            target_logits(network, detectors, task, batch_size=config.batch_size), task.is_target
+        )
+        bar.update(1)
+        for alias, number, attended, factor in settings:
+            for method in resolved.methods:
+                common = {**base, "layer": alias, "layer_number": number, "method": method.name}
+                rows.append({**common, "beta": 0.0, **baseline})
+                vectors = {
+                    layer: value_vector(
+                        values, method, image_type, category, layer, config.shuffle_seed
+                    )
+                    for layer in attended
+                }
+                for beta in nonzero:
+                    currents = {
+                        layer: attention.currents(ssn_layer(network, layer), v, beta * factor)
+                        for layer, v in vectors.items()
+                    }
+                    try:
+                        with ssn_attention(network, currents):
+                            logits = target_logits(
+                                network, detectors, task, batch_size=config.batch_size
+                            )
+                    except SSNInstabilityError as error:
+                        failures.append({**common, "beta": beta, "error": str(error)})
+                    else:
+                        rows.append(
+                            {**common, "beta": beta, **detection_metrics(logits, task.is_target)}
+                        )
+                    bar.update(1)
+    bar.close()
+    table = pd.DataFrame(rows, columns=PERFORMANCE_COLUMNS)
+    table.attrs["ssn_failures"] = failures
+    return table
+
+
+# --- helpers shared by the experiments ---------------------------------------------------------
+def write_json(path: Path, data: object) -> None:
+    """Write ``data`` as indented JSON, atomically (numbers that JSON lacks become floats)."""
+    atomic_write_bytes(path, json.dumps(data, indent=2, default=float).encode())
+
+
+def build_default_ssn(
+    params: SSNParams | None = None,
+    layers: Sequence[str] | str | None = "all",
+    n_tuning_per_category: int = 500,
+    n_reference_per_category: int = 10,
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[Network, Network, xr.Dataset]:
+    """The trained default network, its calibrated SSN-CNN and the plain tuning values.
+
+    The similarity between maps comes from the plain network's tuning values on
+    ``n_tuning_per_category`` training images per category; calibration uses
+    ``n_reference_per_category`` training images per category (both subsets seeded). Returns
+    (plain network, SSN-CNN, tuning values).
+    """
+    from bioattn.models.train import load_default
+
+    trained = load_default(data_dir=data_dir, progress=progress)
+    train = load_fashion_mnist("train", data_dir)
+    values = tuning_values(trained.network, balanced_subset(train, n_tuning_per_category, seed))
+    ssn_network = build_ssn_network(
+        trained.network,
+        layers,
+        params,
+        similarity=values,
+        reference_images=balanced_subset(train, n_reference_per_category, seed).images,
+        progress=progress,
+    )
+    return trained.network, ssn_network, values
+
+
+# --- the replication ---------------------------------------------------------------------------
+def finding_checks(summary: pd.DataFrame, early: int = 2) -> dict[str, object]:
+    """Findings 1 and 2 from a layer summary (one image type, single layers only).
+
+    Finding 1: gradient beats tuning at the first ``early`` layers (mean Δ, pp). Finding 2:
+    gains grow with depth: the mean Δ of the last ``early`` layers exceeds that of the first
+    ``early``, for each method, and the least-squares slope of Δ vs layer number is positive.
+    """
+    single = summary.loc[summary["layer"].astype(str) != ALL_LAYERS]
+    out: dict[str, object] = {}
+    numbers = sorted(single["layer_number"].unique())
+    first, last = numbers[:early], numbers[-early:]
+    by_method = {
+        method: rows.set_index("layer_number")["mean_delta_pp"]
+        for method, rows in single.groupby("method")
+    }
+    if {"tuning", "gradient"} <= set(by_method):
+        g, t = by_method["gradient"], by_method["tuning"]
+        diffs = {int(n): float(g[n] - t[n]) for n in first if n in g and n in t}
+        out["finding1_gradient_minus_tuning_early_pp"] = diffs
+        out["finding1_replicates"] = bool(diffs) and all(d > 0 for d in diffs.values())
+    for method, series in by_method.items():
+        early_mean = float(series[[n for n in first if n in series]].mean())
+        late_mean = float(series[[n for n in last if n in series]].mean())
+        x = np.asarray(series.index, dtype=float)
+        slope = float(np.polyfit(x, series.to_numpy(float), 1)[0]) if len(x) > 1 else 0.0
+        out[f"finding2_{method}"] = {
+            "early_mean_pp": early_mean,
+            "late_mean_pp": late_mean,
+            "slope_pp_per_layer": slope,
+            "replicates": bool(late_mean > early_mean and slope > 0),
+        }
+    return out
+
+
+def plot_comparison(plain: pd.DataFrame, ssn: pd.DataFrame, stem: str | Path) -> list[Path]:
+    """Side by side: performance increase by layer, plain network (FSGM) and SSN-CNN (current).
+
+    ``plain`` and ``ssn`` are layer summaries (:func:`~bioattn.analysis.sdt.layer_summary`).
+    """
+    panels = [("plain CNN, multiplicative FSGM", plain), ("SSN-CNN, input current", ssn)]
+    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    colors = method_colors(pd.concat([plain["method"], ssn["method"]]))
+    for ax, (title, summary) in zip(axes, panels, strict=True):
+        single = summary.loc[summary["layer"].astype(str) != ALL_LAYERS]
+        ax.axhline(0.0, color="0.6", linewidth=0.8)
+        for method, rows in single.groupby("method"):
+            rows = rows.sort_values("layer_number")
+            ax.errorbar(
+                rows["layer_number"],
+                rows["mean_delta_pp"],
+                yerr=rows["sem_delta_pp"],
+                marker="o",
+                capsize=3,
+                color=colors[str(method)],
+                label=str(method),
+            )
+        labels = single.drop_duplicates("layer_number").sort_values("layer_number")
+        ax.set_xticks(labels["layer_number"])
+        ax.set_xticklabels(labels["layer"], rotation=45, ha="right")
+        ax.set_title(title)
+        ax.set_xlabel("attended layer")
+    axes[0].set_ylabel("performance increase (pp, mean ± SEM)")
+    axes[1].legend(frameon=False)
+    kinds = ", ".join(sorted(str(t) for t in ssn["image_type"].unique()))
+    count = int(ssn["n_categories"].max()) if "n_categories" in ssn else 0
+    fig.suptitle(
+        f"Attention by layer: plain network vs SSN-CNN ({kinds} images, {count} categories)"
+    )
+    return save_figure(fig, stem)
+
+
+def run_ssn_replication(
+    out_dir: str | Path,
+    categories: Sequence[str] | None = DEFAULT_SSN_CATEGORIES,
+    image_types: Sequence[str] = ("merged",),
+    layers: Sequence[str] | str | None = "all",
+    ssn_betas: Sequence[float] = DEFAULT_SSN_BETAS,
+    methods: Sequence[str] = ("tuning", "gradient"),
+    n_pos: int = 50,
+    n_neg: int = 50,
+    params: SSNParams | None = None,
+    attention: CurrentAttention = CurrentAttention(),
+    n_reference_per_category: int = 10,
+    n_detector_per_category: int = 100,
+    n_tuning_per_category: int = 100,
+    gradient_set_size: int = 40,
+    n_check_per_category: int = 100,
+    fsgm_on_ssn: bool = False,
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Findings 1 and 2 on the SSN-CNN of the default network, next to the plain network.
+
+    1. Load the trained default network; its tuning values (500 training images per category)
+       give the SSN similarity; its gradient values (task sets from those images) serve the
+       plain sweep.
+    2. Build the SSN-CNN (SSN at ``layers``), calibrate it on ``n_reference_per_category``
+       training images per category, re-fit detectors on its features of
+       ``n_detector_per_category`` training images per category.
+    3. Its own tuning values (``n_tuning_per_category`` training images per category) and
+       gradient values (``gradient_set_size`` positives and negatives per category, training
+       images). Classifier and detector accuracy of both networks on
+       ``n_check_per_category`` test images per category.
+    4. Sweep attention as input current (:func:`run_ssn_sweep`, β in ``ssn_betas``) and the
+       plain network's multiplicative FSGM (:func:`~bioattn.experiments.sweep.run_sweep`,
+       default β grid) on the same test sets; with ``fsgm_on_ssn`` also multiplicative FSGM on
+       the SSN-CNN.
+
+    Writes under ``out_dir``: ``ssn/`` and ``plain/`` (and ``ssn_fsgm/``) results folders
+    (performance.parquet, gains.csv, summary.csv, figures), ``ssn_values.nc``,
+    ``comparison.png``/``.svg``, ``findings.json`` and ``config.json``. Returns the summaries,
+    the findings and the timings.
+    """
+    from bioattn.experiments.replication import compute_values, environment_info, write_tables
+    from bioattn.models.train import load_default
+
+    out_dir = Path(out_dir)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    train = load_fashion_mnist("train", data_dir)
+    test = load_fashion_mnist("test", data_dir)
+    # names are checked before the long work starts
+    if categories is not None:
+        categories = [train.categories[resolve_category(c, train.categories)] for c in categories]
+    for name in methods:
+        parse_method(name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trained = load_default(data_dir=data_dir, progress=progress)
+    network, detectors = trained.network, trained.detectors
+    plain_values = compute_values(
+        network,
+        detectors,
+        balanced_subset(train, 500, seed),
+        image_types,
+        seed=seed,
+        progress=progress,
+    )
+    timings["plain_values"] = time.perf_counter() - started
+
+    step = time.perf_counter()
+    ssn_network = build_ssn_network(
+        network,
+        layers,
+        params,
+        similarity=plain_values,
+        reference_images=balanced_subset(train, n_reference_per_category, seed + 1).images,
+        progress=progress,
+    )
+    calibration = {
+        alias: {
+            "drive_scale": float(block.ssn.drive_scale),
+            "output_scale_mean": float(block.ssn.output_scale.mean()),
+        }
+        for alias, block in ssn_blocks(ssn_network).items()
+    }
+    detector_images = balanced_subset(train, n_detector_per_category, seed + 2)
+    ssn_detectors = fit_ssn_detectors(ssn_network, detector_images)
+    timings["ssn_build_and_detectors"] = time.perf_counter() - step
+
+    step = time.perf_counter()
+    check = balanced_subset(test, n_check_per_category, seed + 3)
+    accuracy = {}
+    for name, net, det in (
+        ("plain", network, detectors),
+        ("ssn", ssn_network, ssn_detectors),
+    ):
+        features = net.readout_features(check.images)
+        with torch.no_grad():
+            head = net.submodule(net.readout)(features).argmax(1)
+        table = evaluate_detectors(det, features, check.labels)
+        accuracy[name] = {
+            "classifier_accuracy": float((head == check.labels).float().mean()),
+            "mean_detector_balanced_accuracy": float(table["balanced_accuracy"].mean()),
+        }
+    timings["accuracy"] = time.perf_counter() - step
+
+    step = time.perf_counter()
+    ssn_values = compute_values(
+        ssn_network,
+        ssn_detectors,
+        train,
+        image_types,
+        gradient_set_size=gradient_set_size,
+        seed=seed,
+        progress=progress,
+        tuning_images=balanced_subset(train, n_tuning_per_category, seed),
+    )
+    save_values(ssn_values, out_dir / "ssn_values.nc")
+    timings["ssn_values"] = time.perf_counter() - step
+
+    base = SweepConfig(
+        image_types=tuple(image_types),
+        categories=None if categories is None else tuple(categories),
+        layers=None if layers in (None, "all") else tuple(layers),
+        all_layers=False,
+        methods=tuple(methods),
+        n_pos=n_pos,
+        n_neg=n_neg,
+        seed=seed,
+    )
+    step = time.perf_counter()
+    ssn_config = replace(base, betas=tuple(ssn_betas))
+    ssn_table = run_ssn_sweep(
+        ssn_network, ssn_detectors, ssn_values, test, ssn_config, attention, progress
+    )
+    failures = ssn_table.attrs.get("ssn_failures", [])
+    _, ssn_summary = write_tables(ssn_table, out_dir / "ssn")
+    timings["ssn_sweep"] = time.perf_counter() - step
+
+    step = time.perf_counter()
+    plain_table = run_sweep(network, detectors, plain_values, test, base, progress)
+    _, plain_summary = write_tables(plain_table, out_dir / "plain")
+    timings["plain_sweep"] = time.perf_counter() - step
+
+    figures = plot_performance_increase(ssn_summary, out_dir / "ssn" / "performance_increase")
+    figures += plot_performance_increase(plain_summary, out_dir / "plain" / "performance_increase")
+    findings = {
+        "ssn_input_current": finding_checks(ssn_summary),
+        "plain_fsgm": finding_checks(plain_summary),
+    }
+    fsgm_summary = None
+    if fsgm_on_ssn:
+        step = time.perf_counter()
+        fsgm_table = run_sweep(ssn_network, ssn_detectors, ssn_values, test, base, progress)
+        _, fsgm_summary = write_tables(fsgm_table, out_dir / "ssn_fsgm")
+        figures += plot_performance_increase(
+            fsgm_summary, out_dir / "ssn_fsgm" / "performance_increase"
+        )
+        findings["ssn_fsgm"] = finding_checks(fsgm_summary)
+        timings["ssn_fsgm_sweep"] = time.perf_counter() - step
+    figures += plot_comparison(plain_summary, ssn_summary, out_dir / "comparison")
+    timings["total"] = time.perf_counter() - started
+    write_json(out_dir / "findings.json", findings)
+    first_ssn = next(iter(ssn_blocks(ssn_network).values())).ssn
+    write_json(
+        out_dir / "config.json",
+        {
+            "sweep": base.to_dict(),
+            "ssn_betas": list(ssn_betas),
+            "attention": asdict(attention),
+            "ssn_params": first_ssn.params.to_dict(),
+            "ssn_layers": list(ssn_blocks(ssn_network)),
+            "calibration": calibration,
+            "accuracy_on_test_images": accuracy,
+            "n_check_per_category": n_check_per_category,
+            "n_reference_per_category": n_reference_per_category,
+            "n_detector_per_category": n_detector_per_category,
+            "n_tuning_per_category": n_tuning_per_category,
+            "gradient_set_size": gradient_set_size,
+            "ssn_failures": failures,
+            "environment": environment_info(),
+            "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
+        },
+    )
+    return {
+        "ssn_summary": ssn_summary,
+        "plain_summary": plain_summary,
+        "ssn_fsgm_summary": fsgm_summary,
+        "findings": findings,
+        "accuracy": accuracy,
+        "failures": failures,
+        "figures": figures,
+        "timings": timings,
+        "ssn_network": ssn_network,
+        "ssn_values": ssn_values,
+    }
+
+
+def summary_table(summary: pd.DataFrame) -> str:
+    """Markdown table of mean ± SEM increase (pp) by layer (rows) and method (columns)."""
+    single = summary.loc[summary["layer"].astype(str) != ALL_LAYERS]
+    cells = single.assign(
+        cell=single["mean_delta_pp"].map("{:.1f}".format)
+        + " ± "
+        + single["sem_delta_pp"].map("{:.1f}".format)
+    )
+    pivot = cells.pivot_table(
+        index=["layer_number", "layer"], columns="method", values="cell", aggfunc="first"
+    )
+    header = "| layer | " + " | ".join(pivot.columns) + " |"
+    rule = "|---|" + "---|" * len(pivot.columns)
+    lines = [header, rule]
+    for (_number, layer), row in pivot.iterrows():
+        lines.append(f"| {layer} | " + " | ".join(str(v) for v in row.to_numpy()) + " |")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "ATTENTION_TARGETS",
+    "DEFAULT_SSN_BETAS",
+    "DEFAULT_SSN_CATEGORIES",
+    "CurrentAttention",
+    "build_default_ssn",
+    "finding_checks",
+    "plot_comparison",
+    "run_ssn_replication",
+    "run_ssn_sweep",
+    "summary_table",
+    "value_vector",
+    "write_json",
+]
