@@ -198,6 +198,10 @@ def _experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     model, data, values, run = config.model, config.data, config.values, config.run
     if args.seed is not None:
         model = replace(model, seed=args.seed)
+    if args.device is not None:
+        model = replace(model, device=args.device)
+    if args.precision is not None:
+        model = replace(model, precision=args.precision)
     if args.data_dir is not None:
         data = replace(data, path=str(args.data_dir))
     if args.values is not None:
@@ -731,6 +735,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_dir(p)
     p.add_argument("--seed", type=int, default=None, help="model seed (default 0)")
+    p.add_argument(
+        "--device", default=None, help="cpu (default), cuda, cuda:N or auto (CUDA when present)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "float16"),
+        default=None,
+        help="precision of the sweep's forward passes (default float32); a reduced one is "
+        "checked against float32 on the first category and the differences go to config.json",
+    )
     _add_sweep_options(p)
     p.add_argument(
         "--values",

@@ -113,7 +113,7 @@ def raw_gradients(
             activity = [store[layer.alias] for layer in layers]
             grads = torch.autograd.grad(logit, activity)
             for total, grad in zip(totals, grads, strict=True):
-                total += grad.sum(dim=(0, 2, 3)).to(torch.float64)
+                total += grad.sum(dim=(0, 2, 3)).to("cpu", torch.float64)
     return (torch.cat(totals) / task.images.shape[0]).numpy()
 
 

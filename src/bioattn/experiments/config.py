@@ -54,10 +54,18 @@ class ModelSection:
     spec: str = "fashion-vgg"
     weights: str = ""
     seed: int = 0
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (CUDA when present)
+    precision: str = "float32"  # sweeps' forward passes: "float32", "bfloat16" or "float16"
 
     def __post_init__(self) -> None:
+        from bioattn.models.network import PRECISIONS
+
         if not self.spec.strip():
             raise ConfigError("[model] spec is empty; give fashion-vgg, vgg16 or pkg.mod:fn")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"[model] precision {self.precision!r} is not known; valid: {', '.join(PRECISIONS)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -320,6 +328,7 @@ def prepare_experiment(config: ExperimentConfig, progress: bool = True) -> Exper
                 network.readout_features(fit_on.images), fit_on.labels, fit_on.categories
             )
             detectors.save(detectors_path)
+    network.to(config.model.device)
     if tuple(detectors.categories) != tuple(train.categories):
         raise ConfigError(
             f"the detectors are for categories {list(detectors.categories)} but the data has "
@@ -342,4 +351,5 @@ def prepare_experiment(config: ExperimentConfig, progress: bool = True) -> Exper
             progress=progress,
         )
         save_values(values, values_path)
+    network.precision = config.model.precision  # detectors and values stay float32
     return Experiment(network, detectors, values, test)

@@ -702,6 +702,9 @@ class SweepEngine:
         images = task.images
         n = images.shape[0]
         target = self.detectors.index(task.target_name)
+        device = self.network.device
+        scales = {la: None if s is None else s.to(device) for la, s in scales.items()}
+        shifts = {la: None if s is None else s.to(device) for la, s in shifts.items()}
         scale, shift = scales[plan.start_layer], shifts[plan.start_layer]
         out = torch.empty(m, n)
         shape = tuple(images.shape[1:])

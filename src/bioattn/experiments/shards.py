@@ -109,6 +109,7 @@ def sweep_fingerprint(
     """A hash of everything that determines a sweep's rows; shards of other sweeps differ."""
     digest = hashlib.sha256()
     settings = asdict(replace(sweep, categories=None, layers=None, all_layers=True))
+    settings["precision"] = network.precision  # float32 and half-precision rows never mix
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for name, tensor in sorted(network.module.state_dict().items()):
         digest.update(name.encode())
@@ -453,6 +454,11 @@ def run_configured_sweep(config: ExperimentConfig, progress: bool = True) -> dic
                 stacklevel=2,
             )
     write_manifest(run_dir, fingerprint, shards, rows)
+    precision = (
+        precision_check(experiment, sweep, shards[0].category)
+        if network.precision != "float32" and shards
+        else None
+    )
     pending = [s for s in shards if not _finished(run_dir, s, fingerprint)]
     outcomes: list[ShardOutcome] = [
         ShardOutcome(s, "skipped") for s in shards if s not in set(pending)
@@ -498,6 +504,8 @@ def run_configured_sweep(config: ExperimentConfig, progress: bool = True) -> dic
         "model": network.name,
         "fingerprint": fingerprint,
         "shards": counts,
+        "device": str(network.device),
+        "precision_check": precision,
         "environment": environment_info(),
         "timings_seconds": {"total": round(time.perf_counter() - started, 1)},
     }
@@ -505,6 +513,39 @@ def run_configured_sweep(config: ExperimentConfig, progress: bool = True) -> dic
         run_dir / "config.json", json.dumps(run_config, indent=2, default=str).encode()
     )
     return {"table": table, "gains": gains, "summary": summary, "figures": figures, **counts}
+
+
+#: Largest change of performance ((TP + TN) / 2) from reduced precision that passes unremarked.
+PRECISION_TOLERANCE = 0.02
+
+
+def precision_check(experiment: Any, sweep: SweepConfig, category: str) -> dict[str, Any]:
+    """One category's rows (every layer setting) at the network's reduced precision against
+    float32: the largest changes. Warns when performance moves by more than
+    :data:`PRECISION_TOLERANCE` anywhere.
+    """
+    network = experiment.network
+    precision = network.precision
+    args = (network, experiment.detectors, experiment.values, experiment.test_images)
+    checked = replace(sweep, categories=(category,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reduced = run_sweep(*args, checked, progress=False)
+        network.precision = "float32"
+        try:
+            full = run_sweep(*args, checked, progress=False)
+        finally:
+            network.precision = precision
+    check: dict[str, Any] = {"precision": precision, "category": category, "rows": len(full)}
+    for column in ("tp", "fp", "performance", "dprime", "criterion"):
+        check[f"max_abs_diff_{column}"] = float((reduced[column] - full[column]).abs().max())
+    if check["max_abs_diff_performance"] > PRECISION_TOLERANCE:
+        warnings.warn(
+            f"{precision} changes performance by up to {check['max_abs_diff_performance']:.3f} "
+            f"against float32 on {category}; consider float32",
+            stacklevel=2,
+        )
+    return check
 
 
 def _finished(run_dir: Path, shard: Shard, fingerprint: str) -> bool:

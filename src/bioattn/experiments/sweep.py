@@ -403,41 +403,44 @@ def run_sweep(
     total = len(tasks) * (1 + len(layer_settings) * len(resolved.methods) * len(nonzero))
     bar = tqdm(total=total, desc=f"sweep ({config.task})", disable=not progress)
     rows = []
-    for (image_type, category), task in tasks.items():
-        base = {"task": config.task, "image_type": image_type, "category": category}
-        is_target = task.is_target
-        baseline_logits = (
-            engine.baseline_logits(task)
-            if isinstance(engine, SweepEngine)
-            else target_logits(network, detectors, task, batch_size=config.batch_size)
-        )
-        baseline = detection_metrics(baseline_logits, is_target)
-        bar.update(1)
-        for alias, number, layers, factor in layer_settings:
-            # Every (method, β ≠ 0) of this layer setting, evaluated together.
-            keys = [(method, beta) for method in resolved.methods for beta in nonzero]
-            conditions = [
-                {
-                    layer: source.modulation(
-                        method, image_type, category, layer, beta * factor, task.cued_quadrant
-                    )
-                    for layer in layers
-                }
-                for method, beta in keys
-            ]
-            metrics = (
-                detection_metrics_batch(condition_logits(task, conditions), is_target)
-                if conditions
-                else {}
+    with network.autocast():  # half precision when the network asks for it
+        for (image_type, category), task in tasks.items():
+            base = {"task": config.task, "image_type": image_type, "category": category}
+            is_target = task.is_target
+            baseline_logits = (
+                engine.baseline_logits(task)
+                if isinstance(engine, SweepEngine)
+                else target_logits(network, detectors, task, batch_size=config.batch_size)
             )
-            by_key = {
-                key: {name: column[i].item() for name, column in metrics.items()}
-                for i, key in enumerate(keys)
-            }
-            for method in resolved.methods:
-                common = {**base, "layer": alias, "layer_number": number, "method": method.name}
-                rows.append({**common, "beta": 0.0, **baseline})
-                rows.extend({**common, "beta": beta, **by_key[(method, beta)]} for beta in nonzero)
-            bar.update(len(keys))
+            baseline = detection_metrics(baseline_logits, is_target)
+            bar.update(1)
+            for alias, number, layers, factor in layer_settings:
+                # Every (method, β ≠ 0) of this layer setting, evaluated together.
+                keys = [(method, beta) for method in resolved.methods for beta in nonzero]
+                conditions = [
+                    {
+                        layer: source.modulation(
+                            method, image_type, category, layer, beta * factor, task.cued_quadrant
+                        )
+                        for layer in layers
+                    }
+                    for method, beta in keys
+                ]
+                metrics = (
+                    detection_metrics_batch(condition_logits(task, conditions), is_target)
+                    if conditions
+                    else {}
+                )
+                by_key = {
+                    key: {name: column[i].item() for name, column in metrics.items()}
+                    for i, key in enumerate(keys)
+                }
+                for method in resolved.methods:
+                    common = {**base, "layer": alias, "layer_number": number, "method": method.name}
+                    rows.append({**common, "beta": 0.0, **baseline})
+                    rows.extend(
+                        {**common, "beta": beta, **by_key[(method, beta)]} for beta in nonzero
+                    )
+                bar.update(len(keys))
     bar.close()
     return pd.DataFrame(rows, columns=PERFORMANCE_COLUMNS)

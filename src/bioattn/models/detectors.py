@@ -51,10 +51,12 @@ class Detectors:
                 f"detectors read {self.n_features} features but got {features.shape[-1]}: "
                 "they were fitted on another model; refit them for this one"
             )
-        standardized = (features - self.feature_mean.to(features.dtype)) / self.feature_std.to(
-            features.dtype
+        if not features.is_floating_point() or features.element_size() < 4:
+            features = features.float()  # half-precision features: the read-out in float32
+        mean, std, weight, bias = (
+            t.to(features) for t in (self.feature_mean, self.feature_std, self.weight, self.bias)
         )
-        return standardized @ self.weight.to(features.dtype).T + self.bias.to(features.dtype)
+        return ((features - mean) / std) @ weight.T + bias
 
     def save(self, path: Path) -> None:
         """Write to a safetensors file (categories in its metadata)."""

@@ -11,13 +11,32 @@ block) or by a 1-based number in network order.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from bioattn.errors import LayerError
+from bioattn.errors import ConfigError, LayerError
+
+#: Precisions a network's sweep forward passes can run at (float32 or autocast to a half type).
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU) or a torch device name, checked to exist."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"unknown device {device!r} ({error}); use cpu, cuda or auto") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r} was asked for but this torch build sees no CUDA GPU "
+            f"(torch {torch.__version__}); use cpu or auto"
+        )
+    return resolved
 
 
 @dataclass(frozen=True)
@@ -80,6 +99,7 @@ class Network:
     input_size: int | None = None  # side length images are resized/cropped to; None: any size
     categories: tuple[str, ...] = ()  # categories of the classifier head, if known
     layers: list[LayerInfo] = field(default_factory=list)
+    precision: str = "float32"  # forward passes of sweeps: "float32", "bfloat16" or "float16"
 
     def __post_init__(self) -> None:
         self.module.eval()
@@ -89,6 +109,10 @@ class Network:
             raise LayerError(
                 f"model {self.name!r} has no attendable layers: bioattn attends the output of an "
                 "nn.ReLU module that follows an nn.Conv2d (functional relu cannot be hooked)"
+            )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"
             )
         modules = dict(self.module.named_modules())
         if self.readout not in modules:
@@ -128,11 +152,32 @@ class Network:
         """The module at dotted ``path``."""
         return self.module.get_submodule(path)
 
+    # --- device and precision -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are (images are moved there by :meth:`preprocess`)."""
+        for tensor in self.module.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> Network:
+        """Move the model to ``device`` ("cpu", "cuda", "cuda:1", or "auto": CUDA if present)."""
+        self.module.to(resolve_device(device))
+        return self
+
+    def autocast(self) -> AbstractContextManager[object]:
+        """Context for forward passes at the network's ``precision`` (float32: no change)."""
+        if self.precision == "float32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, self.precision))
+
     # --- running --------------------------------------------------------------------------
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalise [0, 1] images with the model's mean and std (channels broadcast)."""
-        mean = torch.tensor(self.mean, dtype=images.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=images.dtype).view(1, -1, 1, 1)
+        """Normalise [0, 1] images with the model's mean and std (channels broadcast), on the
+        model's device."""
+        images = images.to(self.device, torch.float32)
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
         if images.shape[1] != mean.shape[1] and mean.shape[1] == 3 and images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         return (images - mean) / std
@@ -143,7 +188,8 @@ class Network:
         store: list[torch.Tensor] = []
 
         def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            store.append(torch.flatten(inputs[0], 1))
+            # float32 on the CPU, where detectors live (differentiable: gradients flow back)
+            store.append(torch.flatten(inputs[0], 1).float().cpu())
 
         handle = self.submodule(self.readout).register_forward_pre_hook(hook)
         try:

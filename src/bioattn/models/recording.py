@@ -51,7 +51,7 @@ def record_map_means(
         for start in range(0, images.shape[0], batch_size):
             network.module(network.preprocess(images[start : start + batch_size]))
             for alias, chunk in chunks.items():
-                chunk.append(store[alias].mean(dim=(2, 3)).clone())
+                chunk.append(store[alias].mean(dim=(2, 3)).float().cpu())
     return {alias: torch.cat(chunk) for alias, chunk in chunks.items()}
 
 
