@@ -49,7 +49,7 @@ from bioattn.experiments.replication import compute_values
 from bioattn.experiments.sweep import (
     ALL_LAYERS,
     SweepConfig,
-    _ValueSource,
+    ValueSource,
     parse_method,
     run_sweep,
 )
@@ -251,7 +251,7 @@ def compare_tables(fast, slow) -> dict[str, float]:
 
 def logit_agreement(network, detectors, values, test, config, engine) -> dict[str, float]:
     """Max |engine − naive| logit on one category, every layer setting, both image types."""
-    source = _ValueSource(values, config)
+    source = ValueSource(values, config)
     category = detectors.categories[0]
     worst = scale = 0.0
     for image_type in config.image_types:

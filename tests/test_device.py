@@ -13,7 +13,7 @@ from bioattn.data.tasks import make_task_set
 from bioattn.errors import ConfigError
 from bioattn.experiments.config import ModelSection
 from bioattn.experiments.engine import SweepEngine
-from bioattn.experiments.sweep import SweepConfig, _ValueSource, parse_method, run_sweep
+from bioattn.experiments.sweep import SweepConfig, ValueSource, parse_method, run_sweep
 from bioattn.models.network import resolve_device
 from tests.conftest import make_image_set
 
@@ -39,7 +39,7 @@ def test_bad_devices_and_precisions_are_clear_errors(tiny_network):
 def _logits(network, detectors, values, precision):
     test = make_image_set(n_per_category=10, split="test")
     task = make_task_set(test, "b", "merged", n_pos=6, n_neg=6, seed=0)
-    source = _ValueSource(values, CONFIG)
+    source = ValueSource(values, CONFIG)
     conditions = [
         {layer: source.modulation(parse_method(m), "merged", "b", layer, 1.0)}
         for m in ("tuning", "gradient")

@@ -15,7 +15,7 @@ from bioattn.data.tasks import make_task_set
 from bioattn.errors import ConfigError
 from bioattn.experiments import engine as engine_module
 from bioattn.experiments.engine import SweepEngine, naive_condition_logits, target_logits
-from bioattn.experiments.sweep import SweepConfig, _ValueSource, parse_method, run_sweep
+from bioattn.experiments.sweep import SweepConfig, ValueSource, parse_method, run_sweep
 from bioattn.models.detectors import Detectors
 from bioattn.models.network import Network
 from bioattn.models.zoo import VGG16, build_network
@@ -79,7 +79,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_engine_matches_naive_for_every_method(tiny_network, tiny_detectors, values, task, method):
-    source = _ValueSource(values, SweepConfig())
+    source = ValueSource(values, SweepConfig())
     engine = SweepEngine(tiny_network, tiny_detectors)
     baseline = engine.baseline_logits(task)
     settings = [[layer] for layer in tiny_network.layers] + [list(tiny_network.layers)]
@@ -97,7 +97,7 @@ def test_engine_matches_naive_for_every_method(tiny_network, tiny_detectors, val
 
 
 def test_mixed_conditions_keep_their_order(tiny_network, tiny_detectors, values, task):
-    source = _ValueSource(values, SweepConfig())
+    source = ValueSource(values, SweepConfig())
     first, second = tiny_network.layers
     conditions = [
         *_conditions(source, tiny_network, "response-gradient", [second]),
@@ -123,7 +123,7 @@ def _count_tail_calls(network: Network) -> tuple[list[int], object]:
 def test_tiny_memory_budget_forces_many_chunks_with_same_result(
     tiny_network, tiny_detectors, values, task
 ):
-    source = _ValueSource(values, SweepConfig())
+    source = ValueSource(values, SweepConfig())
     for method, layers in [
         ("gradient", [tiny_network.layers[0]]),
         ("response-tuning", [tiny_network.layers[1]]),
@@ -151,7 +151,7 @@ def test_tiny_memory_budget_forces_many_chunks_with_same_result(
 
 
 def test_baseline_pass_feeds_the_conditions(tiny_network, tiny_detectors, values, task):
-    source = _ValueSource(values, SweepConfig())
+    source = ValueSource(values, SweepConfig())
     engine = SweepEngine(tiny_network, tiny_detectors)
     first_conv = tiny_network.submodule(tiny_network.layers[0].name)
     calls = [0]
@@ -178,7 +178,7 @@ def test_baseline_pass_feeds_the_conditions(tiny_network, tiny_detectors, values
 
 
 def test_layout_can_be_switched_off(tiny_network, tiny_detectors, values, task):
-    source = _ValueSource(values, SweepConfig())
+    source = ValueSource(values, SweepConfig())
     conditions = _conditions(source, tiny_network, "tuning", [tiny_network.layers[0]])
     slow = naive_condition_logits(tiny_network, tiny_detectors, task, conditions)
     engine = SweepEngine(tiny_network, tiny_detectors, channels_last=False)

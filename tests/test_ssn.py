@@ -15,7 +15,13 @@ from scipy.optimize import fsolve
 from bioattn.attention.gains import Modulation, feature_gain, modulate
 from bioattn.attention.values import empty_values, tuning_values
 from bioattn.errors import BioattnError, ConfigError, LayerError
-from bioattn.experiments.sweep import PERFORMANCE_COLUMNS, SweepConfig, parse_method, run_sweep
+from bioattn.experiments.sweep import (
+    PERFORMANCE_COLUMNS,
+    SweepConfig,
+    parse_method,
+    run_sweep,
+    value_vector,
+)
 from bioattn.models.detectors import fit_detectors
 from bioattn.models.recording import record_map_means
 from bioattn.ssn import (
@@ -29,7 +35,7 @@ from bioattn.ssn import (
     ssn_layer,
     tuning_similarity,
 )
-from bioattn.ssn.experiments import CurrentAttention, run_ssn_sweep, value_vector
+from bioattn.ssn.experiments import CurrentAttention, run_ssn_sweep
 from tests.conftest import make_image_set, make_tiny_network
 
 FAST = {"tol": 1e-7, "t_max": 3000.0}

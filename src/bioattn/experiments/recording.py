@@ -82,7 +82,7 @@ from bioattn.data.composites import QUADRANTS, quadrant_slices
 from bioattn.data.imageset import ImageSet, resolve_category
 from bioattn.data.tasks import IMAGE_TYPES, TaskSet, make_task_set
 from bioattn.errors import ConfigError, DataError
-from bioattn.experiments.sweep import ALL_LAYERS, Method, SweepConfig, _ValueSource, parse_method
+from bioattn.experiments.sweep import ALL_LAYERS, Method, SweepConfig, ValueSource, parse_method
 from bioattn.models.detectors import Detectors
 from bioattn.models.network import LayerInfo, Network
 
@@ -659,7 +659,7 @@ def _record(
     units = values["layer"].isin(list(aliases)).values
     tuning = np.asarray(values["tuning"].values[:, units], dtype=np.float32)
     categories = [str(c) for c in values["category"].values]
-    source = _ValueSource(values, SweepConfig(shuffle_seed=config.shuffle_seed))
+    source = ValueSource(values, SweepConfig(shuffle_seed=config.shuffle_seed))
     recorder = _Recorder(network, plan)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")

@@ -259,8 +259,34 @@ def _check_tasks(
         )
 
 
-class _ValueSource:
-    """Per-layer value vectors for a (method, image type, category), with controls applied."""
+def value_vector(
+    values: xr.Dataset,
+    method: Method,
+    image_type: str,
+    category: str,
+    layer: LayerInfo,
+    shuffle_seed: int = 1,
+) -> torch.Tensor:
+    """The (C,) values a method uses at one layer: ones for ``uniform``, else tuning or gradient
+    values, permuted across maps for ``shuffled-…`` (seeded by layer and category) and clipped
+    at 0 for ``…-positive``."""
+    if method.source is None:
+        raise ConfigError(f"method {method.name!r} uses no values")
+    if method.source == "uniform":
+        return torch.ones(layer.channels)
+    v = layer_values(values, variable_name(method.source, image_type), category, layer)
+    if method.shuffled:
+        generator = torch.Generator().manual_seed(
+            shuffle_seed * 1_000_003 + layer.number * 1009 + hash_name(category)
+        )
+        v = v[torch.randperm(v.numel(), generator=generator)]
+    if method.positive_only:
+        v = torch.clamp(v, min=0.0)
+    return v
+
+
+class ValueSource:
+    """Per-layer modulations of a sweep's methods, from one values file and the sweep's seeds."""
 
     def __init__(self, values: xr.Dataset, config: SweepConfig) -> None:
         self.values = values
@@ -270,17 +296,10 @@ class _ValueSource:
     def vector(
         self, method: Method, image_type: str, category: str, layer: LayerInfo
     ) -> torch.Tensor:
-        if method.source is None:
-            raise ConfigError(f"method {method.name!r} uses no values")
-        if method.source == "uniform":
-            return torch.ones(layer.channels)
-        v = layer_values(self.values, variable_name(method.source, image_type), category, layer)
-        if method.shuffled:
-            generator = torch.Generator().manual_seed(
-                self.config.shuffle_seed * 1_000_003 + layer.number * 1009 + hash_name(category)
-            )
-            v = v[torch.randperm(v.numel(), generator=generator)]
-        return v
+        """See :func:`value_vector`."""
+        return value_vector(
+            self.values, method, image_type, category, layer, self.config.shuffle_seed
+        )
 
     def modulation(
         self,
@@ -383,7 +402,7 @@ def run_sweep(
         tasks = build_test_sets(test_images, resolved.categories, config)
     else:
         tasks = {(t, c): tasks[(t, c)] for t in config.image_types for c in resolved.categories}
-    source = _ValueSource(values, config)
+    source = ValueSource(values, config)
     if engine == "batched":
         engine = SweepEngine(network, detectors, batch_size=config.batch_size)
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from bioattn.analysis.figures import method_colors, plot_performance_increase, save_figure
 from bioattn.analysis.sdt import detection_metrics
-from bioattn.attention.values import layer_values, save_values, tuning_values, variable_name
+from bioattn.attention.values import save_values, tuning_values
 from bioattn.cache import atomic_write_bytes
 from bioattn.data.fashion_mnist import load_fashion_mnist
 from bioattn.data.imageset import ImageSet, balanced_subset, resolve_category
@@ -41,13 +41,12 @@ from bioattn.experiments.engine import target_logits
 from bioattn.experiments.sweep import (
     ALL_LAYERS,
     PERFORMANCE_COLUMNS,
-    Method,
     SweepConfig,
     build_test_sets,
-    hash_name,
     parse_method,
     resolve_sweep,
     run_sweep,
+    value_vector,
 )
 from bioattn.models.detectors import Detectors, evaluate_detectors
 from bioattn.models.network import LayerInfo, Network
@@ -101,32 +100,6 @@ class CurrentAttention:
             return None, amplitude
         ratio = ssn.params.input_ratio_i if self.ratio_i is None else self.ratio_i
         return amplitude, amplitude * ratio
-
-
-def value_vector(
-    values: xr.Dataset,
-    method: Method,
-    image_type: str,
-    category: str,
-    layer: LayerInfo,
-    shuffle_seed: int = 1,
-) -> torch.Tensor:
-    """The (C,) values a method uses at one layer: uniform ones, or tuning/gradient values,
-    permuted across maps for ``shuffled-…`` (seeded as in the plain sweep) and clipped at 0 for
-    ``…-positive``."""
-    if method.source is None:
-        raise ConfigError(f"method {method.name!r} uses no values")
-    if method.source == "uniform":
-        return torch.ones(layer.channels)
-    v = layer_values(values, variable_name(method.source, image_type), category, layer)
-    if method.shuffled:
-        generator = torch.Generator().manual_seed(
-            shuffle_seed * 1_000_003 + layer.number * 1009 + hash_name(category)
-        )
-        v = v[torch.randperm(v.numel(), generator=generator)]
-    if method.positive_only:
-        v = torch.clamp(v, min=0.0)
-    return v
 
 
 def run_ssn_sweep(
@@ -557,6 +530,5 @@ __all__ = [
     "run_ssn_replication",
     "run_ssn_sweep",
     "summary_table",
-    "value_vector",
     "write_json",
 ]
