@@ -208,7 +208,8 @@ def _experiment_config(args: argparse.Namespace) -> ExperimentConfig:
         values = replace(values, path=str(args.values))
     flags = {"out": args.out, "executor": args.executor, "workers": args.workers}
     flags["shards_per_job"] = args.shards_per_job
-    run = replace(run, **{k: (str(v) if k == "out" else v) for k, v in flags.items() if v})
+    given = {k: v for k, v in flags.items() if v is not None}
+    run = replace(run, **{k: (str(v) if k == "out" else v) for k, v in given.items()})
     return replace(
         config,
         model=model,
