@@ -239,6 +239,8 @@ def test_optimal_gains_never_worse_than_no_attention(setup, layer) -> None:
     after = per_category_performance(tuned, pool.is_target, pool.category, 5)
     assert bool((after >= before - 1e-9).all())
     torch.testing.assert_close(result.baseline_performance, before.float())
+    if layer == 0:  # the first layer has room to improve here: the optimisation must use it
+        assert bool((after > before).any())
 
 
 def test_optimal_gains_reject_bad_bounds(setup) -> None:
@@ -400,3 +402,30 @@ def test_comparison_config_rejects_bad_settings() -> None:
         tiny_config(optimal_bounds=(0.0, 0.5))
     with pytest.raises(ConfigError, match="pool_per_class"):
         tiny_config(pool_per_class=0)
+
+
+def test_checkpoints_of_other_data_or_more_steps_are_refused(tmp_path) -> None:
+    from bioattn.errors import ConfigError
+    from bioattn.mechanisms.training import train_loop
+
+    def run(data: torch.Tensor, steps: int) -> None:
+        layer = torch.nn.Linear(2, 1)
+        optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+
+        def step(_: int) -> dict[str, float]:
+            optimizer.zero_grad()
+            loss = layer(data).pow(2).mean()
+            loss.backward()
+            optimizer.step()
+            return {"loss": loss.item()}
+
+        options = RunOptions(checkpoint=tmp_path / "run.pt", progress=False)
+        train_loop({"layer": layer}, optimizer, step, steps, {"n": 4}, options=options, data=[data])
+
+    first = torch.ones(4, 2)
+    run(first, 3)
+    with pytest.raises(ConfigError, match="written for other settings"):
+        run(torch.zeros(4, 2), 3)  # same settings and shapes, other training data
+    with pytest.raises(ConfigError, match="has trained 3 steps, more than the 2 asked for"):
+        run(first, 2)
+    run(first, 5)  # a longer budget resumes

@@ -247,7 +247,16 @@ def train_with_frozen_network(
     }
     desc = f"{settings['mechanism']} ({data.image_type})"
     with frozen(network.module):
-        return train_loop(modules, optimizer, step, budget.steps, full, desc, options)
+        return train_loop(
+            modules,
+            optimizer,
+            step,
+            budget.steps,
+            full,
+            desc,
+            options,
+            data=(data.images, data.category, data.is_target),
+        )
 
 
 def plot_image_row(

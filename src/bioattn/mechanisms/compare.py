@@ -318,6 +318,14 @@ def plot_comparison(summary: pd.DataFrame, stem: str | Path) -> list[Path]:
     return save_figure(fig, stem)
 
 
+def _clutter_kwargs(config: CompareConfig) -> dict[str, int]:
+    return {
+        "size": config.clutter_size,
+        "n_clutter": config.clutter_pieces,
+        "clutter_size": config.clutter_piece_size,
+    }
+
+
 def _clutter_run(
     train: ImageSet,
     test: ImageSet,
@@ -328,11 +336,7 @@ def _clutter_run(
 ) -> tuple[dict[str, float], list[Path]]:
     """Train and test a classification RAM on translated, cluttered images."""
     assert config.clutter_budget is not None
-    kwargs = {
-        "size": config.clutter_size,
-        "n_clutter": config.clutter_pieces,
-        "clutter_size": config.clutter_piece_size,
-    }
+    kwargs = _clutter_kwargs(config)
     started = time.perf_counter()
     train_set = make_cluttered(train, config.clutter_train, seed=config.seed, **kwargs)
     test_set = make_cluttered(test, config.clutter_test, seed=config.seed + 1, **kwargs)
@@ -394,6 +398,8 @@ def compare_mechanisms(
     layers = network.resolve_layers(config.fsgm_layers)
     soft_layer = network.resolve_layer(config.soft_layer or network.layers[-1].alias)
     dasnet_layers = network.resolve_layers(config.dasnet_layers)
+    if config.clutter_budget is not None:  # bad clutter settings fail now, not after training
+        make_cluttered(train.subset([0]), 1, seed=config.seed, **_clutter_kwargs(config))
     sweep = SweepConfig(
         image_types=config.image_types,
         categories=tuple(categories),
@@ -640,7 +646,12 @@ def run_comparison(
     values = load_values(values_path, trained.network) if values_path.exists() else None
     if values is None or any(name not in values for name in needed):
         values = compute_values(
-            trained.network, trained.detectors, train, config.image_types, progress=progress
+            trained.network,
+            trained.detectors,
+            train,
+            config.image_types,
+            seed=config.seed,
+            progress=progress,
         )
         save_values(values, values_path)
     values_seconds = time.perf_counter() - started

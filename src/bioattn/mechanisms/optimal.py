@@ -143,6 +143,7 @@ def optimise_gains(
             settings,
             f"optimal gains {layer.alias} ({data.image_type})",
             options,
+            data=(data.images, data.category, data.is_target),
         )
     return OptimalGains(
         layer,

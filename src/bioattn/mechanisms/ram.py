@@ -107,6 +107,7 @@ class RecurrentAttentionModel(nn.Module):
                 location = mean.detach()
             else:
                 noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+                noise = noise.to(mean.device)  # the generator lives on the CPU
                 location = (mean + c.location_std * noise).clamp(-1.0, 1.0).detach()
             log_probs.append(location_log_prob(mean, location, c.location_std))
             baselines.append(self.baseline(h.detach()).squeeze(1))
@@ -207,6 +208,7 @@ def train_ram(
         settings,
         "RAM " + ("detection" if cued else "classification"),
         options,
+        data=(data.images, data.category, data.is_target) if cued else (data.images, data.labels),
     )
     model.eval()
     return log

@@ -12,9 +12,10 @@ an uninterrupted run. A checkpoint written for other settings is refused, not si
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,16 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step) + 1)
 
 
+def data_digest(tensors: Sequence[torch.Tensor]) -> str:
+    """A short hash of tensors' shapes, dtypes and contents."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        array = tensor.detach().cpu().contiguous()
+        digest.update(f"{tuple(array.shape)} {array.dtype}".encode())
+        digest.update(array.view(torch.uint8).numpy().tobytes() if array.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
 def _save(path: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -102,6 +113,7 @@ def train_loop(
     settings: Mapping[str, Any],
     desc: str = "training",
     options: RunOptions = RunOptions(),
+    data: Sequence[torch.Tensor] = (),
 ) -> TrainingLog:
     """Run ``step_fn(step)`` for steps ``0 … steps − 1``, resuming from ``options.checkpoint``.
 
@@ -112,6 +124,8 @@ def train_loop(
         steps: total number of steps; a checkpoint that already has them returns at once.
         settings: JSON-serialisable settings that determine the run except ``steps``; a
             checkpoint written with other settings raises :class:`ConfigError`.
+        data: the training tensors (images, cues, labels); their contents are part of the
+            checkpoint's key, so a checkpoint trained on other data is refused too.
         desc: label of the progress bar.
         options: ``checkpoint`` (file to resume from and write to; ``None``: no checkpoints),
             ``checkpoint_every`` (steps between checkpoints), ``progress`` (show a tqdm bar),
@@ -122,7 +136,7 @@ def train_loop(
     progress, stop_after = options.progress, options.stop_after
     if checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    key = settings_key(dict(settings))
+    key = settings_key({**dict(settings), "data": data_digest(data)})
     path = None if checkpoint is None else Path(checkpoint)
     start, seconds, history = 0, 0.0, {}
     if path is not None and path.exists():
@@ -136,6 +150,11 @@ def train_loop(
             module.load_state_dict(state["modules"][name])
         optimizer.load_state_dict(state["optimizer"])
         start, seconds, history = int(state["step"]), float(state["seconds"]), state["history"]
+        if start > steps:
+            raise ConfigError(
+                f"checkpoint {path} has trained {start} steps, more than the {steps} asked for; "
+                f"ask for at least {start} steps, or delete it to train {steps} from scratch"
+            )
     resumed_from = start
 
     def write(step: int, elapsed: float) -> None:

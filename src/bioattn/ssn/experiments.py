@@ -237,6 +237,10 @@ def finding_checks(summary: pd.DataFrame, early: int = 2) -> dict[str, object]:
     gains grow with depth: the mean Δ of the last ``early`` layers exceeds that of the first
     ``early``, for each method, and the least-squares slope of Δ vs layer number is positive.
     """
+    if "image_type" in summary and summary["image_type"].nunique() > 1:
+        raise ConfigError(
+            "finding_checks takes one image type at a time; use findings_by_image_type"
+        )
     single = summary.loc[summary["layer"].astype(str) != ALL_LAYERS]
     out: dict[str, object] = {}
     numbers = sorted(single["layer_number"].unique())
@@ -264,6 +268,17 @@ def finding_checks(summary: pd.DataFrame, early: int = 2) -> dict[str, object]:
     return out
 
 
+def findings_by_image_type(name: str, summary: pd.DataFrame) -> dict[str, dict[str, object]]:
+    """:func:`finding_checks` per image type, keyed ``name`` (one type) or ``name (type)``."""
+    types = sorted(str(t) for t in summary["image_type"].unique())
+    return {
+        (name if len(types) == 1 else f"{name} ({t})"): finding_checks(
+            summary.loc[summary["image_type"].astype(str) == t]
+        )
+        for t in types
+    }
+
+
 def plot_comparison(plain: pd.DataFrame, ssn: pd.DataFrame, stem: str | Path) -> list[Path]:
     """Side by side: performance increase by layer, plain network (FSGM) and SSN-CNN (current).
 
@@ -276,7 +291,8 @@ def plot_comparison(plain: pd.DataFrame, ssn: pd.DataFrame, stem: str | Path) ->
     for ax, (title, summary) in zip(axes, panels, strict=True):
         single = summary.loc[summary["layer"].astype(str) != ALL_LAYERS]
         ax.axhline(0.0, color="0.6", linewidth=0.8)
-        for method, rows in single.groupby("method"):
+        several = single["image_type"].nunique() > 1
+        for (method, image_type), rows in single.groupby(["method", "image_type"]):
             rows = rows.sort_values("layer_number")
             ax.errorbar(
                 rows["layer_number"],
@@ -285,7 +301,8 @@ def plot_comparison(plain: pd.DataFrame, ssn: pd.DataFrame, stem: str | Path) ->
                 marker="o",
                 capsize=3,
                 color=colors[str(method)],
-                label=str(method),
+                linestyle="--" if several and image_type != single["image_type"].min() else "-",
+                label=f"{method} ({image_type})" if several else str(method),
             )
         labels = single.drop_duplicates("layer_number").sort_values("layer_number")
         ax.set_xticks(labels["layer_number"])
@@ -449,8 +466,8 @@ def run_ssn_replication(
     figures = plot_performance_increase(ssn_summary, out_dir / "ssn" / "performance_increase")
     figures += plot_performance_increase(plain_summary, out_dir / "plain" / "performance_increase")
     findings = {
-        "ssn_input_current": finding_checks(ssn_summary),
-        "plain_fsgm": finding_checks(plain_summary),
+        **findings_by_image_type("ssn_input_current", ssn_summary),
+        **findings_by_image_type("plain_fsgm", plain_summary),
     }
     fsgm_summary = None
     if fsgm_on_ssn:
@@ -460,7 +477,7 @@ def run_ssn_replication(
         figures += plot_performance_increase(
             fsgm_summary, out_dir / "ssn_fsgm" / "performance_increase"
         )
-        findings["ssn_fsgm"] = finding_checks(fsgm_summary)
+        findings.update(findings_by_image_type("ssn_fsgm", fsgm_summary))
         timings["ssn_fsgm_sweep"] = time.perf_counter() - step
     figures += plot_comparison(plain_summary, ssn_summary, out_dir / "comparison")
     timings["total"] = time.perf_counter() - started

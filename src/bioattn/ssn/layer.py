@@ -290,6 +290,15 @@ def _as_nchw(t: torch.Tensor, channels: int) -> torch.Tensor:
     return as_nchw(t)
 
 
+def _step_factors(
+    p: SSNParams, like: torch.Tensor, shape: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """dt/τ and 1/τ of the E and I populations, shaped to broadcast over the stacked state."""
+    alpha = torch.tensor([p.dt / p.tau_e, p.dt / p.tau_i], dtype=like.dtype, device=like.device)
+    inv_tau = torch.tensor([1.0 / p.tau_e, 1.0 / p.tau_i], dtype=like.dtype, device=like.device)
+    return alpha.view(shape), inv_tau.view(shape)
+
+
 class SSNLayer(nn.Module):
     """SSN replacing a ReLU: conv output → E and I drives → steady-state E rates (rescaled).
 
@@ -577,8 +586,9 @@ class SSNLayer(nn.Module):
             raise self._error(
                 "rates diverged",
                 f"max rate {worst:.4g} Hz at t = {step * p.dt:g} ms",
-                "the fixed point is unstable for this input: lower the drive or attention "
-                "current, lower j_ee, or raise j_ei / j_ie",
+                "the fixed point is unstable for this input, or the Euler step is too coarse "
+                "for it: lower the drive or attention current, lower j_ee, raise j_ei / j_ie, "
+                "or try a smaller dt",
             )
         change = (d.abs() * inv_tau).amax(dim=dims)
         return change / top.clamp(min=RATE_FLOOR)
@@ -600,10 +610,9 @@ class SSNLayer(nn.Module):
         c = p.k ** (1.0 / p.n)  # k·[I]₊ⁿ = [c·I]₊ⁿ: fold k into the drive and the weights
         jmat = self._signed(r, c)
         shape = (1, 2, 1, 1, 1)
-        alpha = torch.tensor([p.dt / p.tau_e, p.dt / p.tau_i], dtype=r.dtype).view(shape)
-        inv_tau = torch.tensor([1.0 / p.tau_e, 1.0 / p.tau_i], dtype=r.dtype).view(shape)
+        alpha, inv_tau = _step_factors(p, r, shape)
         max_steps = max(1, math.ceil(p.t_max / p.dt))
-        active = torch.arange(r.shape[0])
+        active = torch.arange(r.shape[0], device=r.device)
         relative = torch.full((r.shape[0],), math.inf)
         for step in range(1, max_steps + 1):
             drive = self._apply_lateral(r, jmat, base=hs).clamp_(min=0.0)
@@ -726,8 +735,7 @@ class SSNLayer(nn.Module):
             ).to(r.dtype)
             jmat = self._signed(r)
             shape = (1, 2, 1, 1, 1)
-            alpha = torch.tensor([p.dt / p.tau_e, p.dt / p.tau_i], dtype=r.dtype).view(shape)
-            inv_tau = torch.tensor([1.0 / p.tau_e, 1.0 / p.tau_i], dtype=r.dtype).view(shape)
+            alpha, inv_tau = _step_factors(p, r, shape)
             u = g.clone()
             max_steps = max(1, math.ceil(p.t_max / p.dt))
             relative = math.inf
