@@ -128,7 +128,11 @@ class RecurrentAttentionModel(nn.Module):
 
 
 def location_log_prob(mean: torch.Tensor, location: torch.Tensor, std: float) -> torch.Tensor:
-    """log N(location; mean, std²) summed over (row, col): (N,), differentiable in ``mean``."""
+    """log N(location; mean, std²) summed over (row, col): (N,), differentiable in ``mean``.
+
+    Sampled locations are clamped to the image ([−1, 1]) but scored with the unclamped density,
+    as in Mnih et al.'s implementation; near the border this slightly biases the gradient.
+    """
     return torch.distributions.Normal(mean, std).log_prob(location).sum(-1)
 
 
