@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 def cache_dir() -> Path:
     """Cache root: ``$BIOATTN_CACHE``, else ``$XDG_CACHE_HOME/bioattn`` or ``~/.cache/bioattn``."""
@@ -19,6 +21,13 @@ def cache_dir() -> Path:
         root = (Path(xdg) if xdg else Path.home() / ".cache") / "bioattn"
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def update_with_tensor(digest: Any, tensor: torch.Tensor) -> None:
+    """Feed a tensor's shape, dtype and contents into a ``hashlib`` digest."""
+    array = tensor.detach().cpu().contiguous()
+    digest.update(f"{tuple(array.shape)} {array.dtype}".encode())
+    digest.update(array.view(torch.uint8).numpy().tobytes() if array.numel() else b"")
 
 
 def settings_key(settings: dict[str, Any]) -> str:

@@ -33,11 +33,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from bioattn.cache import atomic_write_bytes
+from bioattn.cache import atomic_write_bytes, update_with_tensor
 from bioattn.data.imageset import ImageSet
 from bioattn.data.tasks import TaskSet
 from bioattn.errors import BioattnError, ConfigError, DataError
@@ -92,12 +91,6 @@ def plan_shards(
     return [Shard(c, layer) for c in resolved.categories for layer in layers]
 
 
-def _tensor_digest(digest: Any, tensor: torch.Tensor) -> None:
-    array = tensor.detach().cpu().contiguous()
-    digest.update(str((tuple(array.shape), str(array.dtype))).encode())
-    digest.update(array.view(torch.uint8).numpy().tobytes() if array.numel() else b"")
-
-
 def sweep_fingerprint(
     network: Network,
     detectors: Detectors,
@@ -113,20 +106,20 @@ def sweep_fingerprint(
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for name, tensor in sorted(network.module.state_dict().items()):
         digest.update(name.encode())
-        _tensor_digest(digest, tensor)
+        update_with_tensor(digest, tensor)
     for tensor in (detectors.weight, detectors.bias, detectors.feature_mean, detectors.feature_std):
-        _tensor_digest(digest, tensor)
+        update_with_tensor(digest, tensor)
     digest.update(json.dumps(list(detectors.categories)).encode())
     for name in sorted(values.data_vars):
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(values[name].values).tobytes())
     if test_images is not None:
-        _tensor_digest(digest, test_images.images)
-        _tensor_digest(digest, test_images.labels)
+        update_with_tensor(digest, test_images.images)
+        update_with_tensor(digest, test_images.labels)
     for key in sorted(tasks or {}):
         digest.update(repr(key).encode())
-        _tensor_digest(digest, tasks[key].images)
-        _tensor_digest(digest, tasks[key].is_target)
+        update_with_tensor(digest, tasks[key].images)
+        update_with_tensor(digest, tasks[key].is_target)
         digest.update(repr(tasks[key].cued_quadrant).encode())
     return digest.hexdigest()[:24]
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from bioattn.cache import atomic_write_bytes, settings_key
+from bioattn.cache import atomic_write_bytes, settings_key, update_with_tensor
 from bioattn.errors import ConfigError
 
 
@@ -83,9 +83,7 @@ def data_digest(tensors: Sequence[torch.Tensor]) -> str:
     """A short hash of tensors' shapes, dtypes and contents."""
     digest = hashlib.sha256()
     for tensor in tensors:
-        array = tensor.detach().cpu().contiguous()
-        digest.update(f"{tuple(array.shape)} {array.dtype}".encode())
-        digest.update(array.view(torch.uint8).numpy().tobytes() if array.numel() else b"")
+        update_with_tensor(digest, tensor)
     return digest.hexdigest()[:16]
 
 
