@@ -124,23 +124,6 @@ def sweep_fingerprint(
     return digest.hexdigest()[:24]
 
 
-def _expected_rows(
-    shard_sweep: SweepConfig,
-    network: Network,
-    detectors: Detectors,
-    values: xr.Dataset,
-    tasks: Mapping[tuple[str, str], TaskSet] | None = None,
-) -> int:
-    resolved = resolve_sweep(shard_sweep, network, detectors, values, tasks)
-    settings = len(resolved.layers) + int(resolved.config.all_layers)
-    return (
-        len(resolved.config.image_types)
-        * settings
-        * len(resolved.methods)
-        * len(resolved.config.betas)
-    )
-
-
 def _shard_path(run_dir: Path, shard: Shard) -> Path:
     return run_dir / SHARD_FOLDER / f"{shard.name}.parquet"
 
@@ -216,13 +199,9 @@ def run_shards(
     bar = tqdm(shards, desc="shards", disable=not progress, leave=False)
     for shard in bar:
         path, error_path = _shard_path(run_dir, shard), _error_path(run_dir, shard)
-        if path.exists():
-            try:
-                read_shard(path, fingerprint, shard)
-                outcomes.append(ShardOutcome(shard, "skipped"))
-                continue
-            except DataError as problem:
-                warnings.warn(f"{problem}; computing it again", stacklevel=2)
+        if _finished(run_dir, shard, fingerprint):
+            outcomes.append(ShardOutcome(shard, "skipped"))
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the β = 0 note was given once for the sweep
@@ -432,9 +411,9 @@ def run_configured_sweep(config: ExperimentConfig, progress: bool = True) -> dic
     config = replace(config, sweep=sweep)
     fingerprint = sweep_fingerprint(network, detectors, values, experiment.test_images, sweep)
     shards = plan_shards(network, detectors, values, sweep)
-    rows = {
-        s.name: _expected_rows(s.config(sweep), network, detectors, values, None) for s in shards
-    }
+    # each shard holds one layer setting of one category: every image type, method and β
+    per_shard = len(sweep.image_types) * len(resolved.methods) * len(sweep.betas)
+    rows = {s.name: per_shard for s in shards}
     manifest = _manifest_path(run_dir)
     if manifest.exists():
         try:
@@ -452,24 +431,22 @@ def run_configured_sweep(config: ExperimentConfig, progress: bool = True) -> dic
         if network.precision != "float32" and shards
         else None
     )
-    pending = [s for s in shards if not _finished(run_dir, s, fingerprint)]
-    outcomes: list[ShardOutcome] = [
-        ShardOutcome(s, "skipped") for s in shards if s not in set(pending)
-    ]
-    if pending:
-        if config.run.executor == "local":
-            outcomes += run_shards(
-                network,
-                detectors,
-                values,
-                experiment.test_images,
-                sweep,
-                run_dir,
-                pending,
-                fingerprint,
-                progress=progress,
-            )
-        else:
+    if config.run.executor == "local":  # run_shards skips the finished shards itself
+        outcomes = run_shards(
+            network,
+            detectors,
+            values,
+            experiment.test_images,
+            sweep,
+            run_dir,
+            shards,
+            fingerprint,
+            progress=progress,
+        )
+    else:
+        pending = [s for s in shards if not _finished(run_dir, s, fingerprint)]
+        outcomes = [ShardOutcome(s, "skipped") for s in shards if s not in set(pending)]
+        if pending:
             jobs = pack_jobs(pending, config.run.workers, config.run.shards_per_job)
             outcomes += run_jobs(
                 _experiment_job,
