@@ -11,30 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from tests.conftest import write_pattern_folder  # the generated folder the tests use
 
 from bioattn.experiments.config import load_config
 from bioattn.experiments.shards import run_configured_sweep
-
-
-def write_pattern_folder(root: Path, n_per_category: int, size: int) -> Path:
-    """train/ and test/ with three categories of patterned RGB images."""
-    generator = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for k, name in enumerate(("bars", "blobs", "dots")):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n_per_category):
-                image = generator.integers(0, 60, (size, size, 3)).astype(np.uint8)
-                image[:, :, k] += 150
-                if k == 0:
-                    image[:, ::4] = 255
-                Image.fromarray(image).save(folder / f"{i:03d}.png")
-    return root
-
 
 out = Path(sys.argv[1])
 data = write_pattern_folder(out / "images", n_per_category=30, size=256)
