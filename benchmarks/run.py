@@ -40,6 +40,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+from bioattn.attention.rules import ValueSource, parse_rule
 from bioattn.attention.values import load_values, save_values
 from bioattn.cache import cache_dir
 from bioattn.data.fashion_mnist import load_fashion_mnist
@@ -49,8 +50,6 @@ from bioattn.experiments.replication import compute_values
 from bioattn.experiments.sweep import (
     ALL_LAYERS,
     SweepConfig,
-    ValueSource,
-    parse_method,
     run_sweep,
 )
 from bioattn.models.network import Network
@@ -251,7 +250,7 @@ def compare_tables(fast, slow) -> dict[str, float]:
 
 def logit_agreement(network, detectors, values, test, config, engine) -> dict[str, float]:
     """Max |engine − naive| logit on one category, every layer setting, both image types."""
-    source = ValueSource(values, config)
+    source = ValueSource(values, config.shuffle_seed)
     category = detectors.categories[0]
     worst = scale = 0.0
     for image_type in config.image_types:
@@ -261,7 +260,7 @@ def logit_agreement(network, detectors, values, test, config, engine) -> dict[st
             factor = 0.1 if len(attended) > 1 else 1.0
             conditions = [
                 {
-                    la: source.modulation(parse_method(m), image_type, category, la, b * factor)
+                    la: parse_rule(m).modulation(source, image_type, category, la, b * factor)
                     for la in attended
                 }
                 for m in config.methods

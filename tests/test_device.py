@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
+from bioattn.attention.rules import ValueSource, parse_rule
 from bioattn.data.tasks import make_task_set
 from bioattn.errors import ConfigError
 from bioattn.experiments.config import ModelSection
 from bioattn.experiments.engine import SweepEngine
-from bioattn.experiments.sweep import SweepConfig, ValueSource, parse_method, run_sweep
+from bioattn.experiments.sweep import SweepConfig, run_sweep
 from bioattn.models.network import resolve_device
 from tests.conftest import make_image_set
 
@@ -39,9 +40,9 @@ def test_bad_devices_and_precisions_are_clear_errors(tiny_network):
 def _logits(network, detectors, values, precision):
     test = make_image_set(n_per_category=10, split="test")
     task = make_task_set(test, "b", "merged", n_pos=6, n_neg=6, seed=0)
-    source = ValueSource(values, CONFIG)
+    source = ValueSource(values, CONFIG.shuffle_seed)
     conditions = [
-        {layer: source.modulation(parse_method(m), "merged", "b", layer, 1.0)}
+        {layer: parse_rule(m).modulation(source, "merged", "b", layer, 1.0)}
         for m in ("tuning", "gradient")
         for layer in network.layers
     ]

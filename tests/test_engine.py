@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from bioattn.attention.gains import Modulation, SpatialCue, feature_gain, spatial_gain
+from bioattn.attention.rules import ValueSource, parse_rule
 from bioattn.data.imageset import ImageSet
 from bioattn.data.tasks import make_task_set
 from bioattn.errors import ConfigError
 from bioattn.experiments import engine as engine_module
 from bioattn.experiments.engine import SweepEngine, naive_condition_logits, target_logits
-from bioattn.experiments.sweep import SweepConfig, ValueSource, parse_method, run_sweep
+from bioattn.experiments.sweep import SweepConfig, run_sweep
 from bioattn.models.detectors import Detectors
 from bioattn.models.network import Network
 from bioattn.models.zoo import VGG16, build_network
@@ -65,9 +66,9 @@ def task():
 
 
 def _conditions(source, network, method_name, layers, factor=1.0):
-    method = parse_method(method_name)
+    rule = parse_rule(method_name)
     return [
-        {layer: source.modulation(method, "merged", "b", layer, beta * factor) for layer in layers}
+        {layer: rule.modulation(source, "merged", "b", layer, beta * factor) for layer in layers}
         for beta in BETAS
     ]
 
@@ -79,7 +80,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_engine_matches_naive_for_every_method(tiny_network, tiny_detectors, values, task, method):
-    source = ValueSource(values, SweepConfig())
+    source = ValueSource(values)
     engine = SweepEngine(tiny_network, tiny_detectors)
     baseline = engine.baseline_logits(task)
     settings = [[layer] for layer in tiny_network.layers] + [list(tiny_network.layers)]
@@ -97,7 +98,7 @@ def test_engine_matches_naive_for_every_method(tiny_network, tiny_detectors, val
 
 
 def test_mixed_conditions_keep_their_order(tiny_network, tiny_detectors, values, task):
-    source = ValueSource(values, SweepConfig())
+    source = ValueSource(values)
     first, second = tiny_network.layers
     conditions = [
         *_conditions(source, tiny_network, "response-gradient", [second]),
@@ -123,7 +124,7 @@ def _count_tail_calls(network: Network) -> tuple[list[int], object]:
 def test_tiny_memory_budget_forces_many_chunks_with_same_result(
     tiny_network, tiny_detectors, values, task
 ):
-    source = ValueSource(values, SweepConfig())
+    source = ValueSource(values)
     for method, layers in [
         ("gradient", [tiny_network.layers[0]]),
         ("response-tuning", [tiny_network.layers[1]]),
@@ -151,7 +152,7 @@ def test_tiny_memory_budget_forces_many_chunks_with_same_result(
 
 
 def test_baseline_pass_feeds_the_conditions(tiny_network, tiny_detectors, values, task):
-    source = ValueSource(values, SweepConfig())
+    source = ValueSource(values)
     engine = SweepEngine(tiny_network, tiny_detectors)
     first_conv = tiny_network.submodule(tiny_network.layers[0].name)
     calls = [0]
@@ -178,7 +179,7 @@ def test_baseline_pass_feeds_the_conditions(tiny_network, tiny_detectors, values
 
 
 def test_layout_can_be_switched_off(tiny_network, tiny_detectors, values, task):
-    source = ValueSource(values, SweepConfig())
+    source = ValueSource(values)
     conditions = _conditions(source, tiny_network, "tuning", [tiny_network.layers[0]])
     slow = naive_condition_logits(tiny_network, tiny_detectors, task, conditions)
     engine = SweepEngine(tiny_network, tiny_detectors, channels_last=False)

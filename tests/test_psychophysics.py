@@ -6,23 +6,26 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import xarray as xr
 
 from bioattn.analysis.sdt import detection_metrics
 from bioattn.attention.gains import Modulation, SpatialCue
+from bioattn.attention.rules import SpatialGain, ValueSource
 from bioattn.attention.values import tuning_values
 from bioattn.data.imageset import ImageSet
 from bioattn.data.tasks import make_task_set
 from bioattn.errors import ConfigError, DataError
+from bioattn.experiments.engine import target_logits
+from bioattn.experiments.evaluate import make_evaluator
+from bioattn.experiments.grid import Arm, Condition, LayerSetting
 from bioattn.experiments.psychophysics import (
     CueingConfig,
     NoiseConfig,
     cue_quadrants,
-    cued_logits,
     detection_thresholds,
     run_cueing,
     run_noise_detection,
 )
-from bioattn.experiments.sweep import target_logits
 from bioattn.models.detectors import fit_detectors
 
 
@@ -57,12 +60,15 @@ def test_valid_cues_point_at_the_target_and_invalid_cues_never_do(six):
         cue_quadrants(task, "sideways", torch.Generator())
 
 
-def test_cued_logits_equal_one_image_at_a_time(tiny_network, six):
+@pytest.mark.parametrize("engine", ["naive", "batched"])
+def test_per_image_cues_equal_one_image_at_a_time(tiny_network, six, engine):
     _, test, detectors = six
     task = make_task_set(test, "c", "array", n_pos=4, n_neg=4, seed=1)
     quadrants = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
     layer = tiny_network.layers[0]
-    grouped = cued_logits(tiny_network, detectors, task, layer, quadrants, 0.7)
+    condition = Condition(LayerSetting.single(layer), Arm(SpatialGain(), "valid"), 0.7, quadrants)
+    evaluator = make_evaluator(tiny_network, detectors, engine)
+    grouped = evaluator.evaluate(task, [condition], ValueSource(xr.Dataset())).logits[0]
     for i in range(len(task)):
         single = type(task)(
             task.images[i : i + 1],
@@ -105,7 +111,8 @@ def test_noise_detection_table_and_thresholds(tiny_network, six):
     )
     table = run_noise_detection(tiny_network, detectors, values, test, config, progress=False)
     assert len(table) == 2 * 3 and set(table["snr"]) == {0.5, 4.0}
-    task = make_task_set(test, "e", "noise", 8, 8, seed=0, snr=4.0)
+    # seeded by e's index among all categories (4), not among the requested ones
+    task = make_task_set(test, "e", "noise", 8, 8, seed=4, snr=4.0)
     uncued = detection_metrics(target_logits(tiny_network, detectors, task), task.is_target)
     row = table[(table["method"] == "none") & (table["snr"] == 4.0)].iloc[0]
     assert row["performance"] == pytest.approx(uncued["performance"])

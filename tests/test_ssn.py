@@ -13,14 +13,13 @@ import xarray as xr
 from scipy.optimize import fsolve
 
 from bioattn.attention.gains import Modulation, feature_gain, modulate
+from bioattn.attention.rules import ValueSource, parse_rule
 from bioattn.attention.values import empty_values, tuning_values
 from bioattn.errors import BioattnError, ConfigError, LayerError
 from bioattn.experiments.sweep import (
     PERFORMANCE_COLUMNS,
     SweepConfig,
-    parse_method,
     run_sweep,
-    value_vector,
 )
 from bioattn.models.detectors import fit_detectors
 from bioattn.models.recording import record_map_means
@@ -407,13 +406,13 @@ def test_zero_attention_input_does_not_depend_on_the_values(ssn_setup) -> None:
     _plain, ssn, detectors, _images = ssn_setup
     test = make_image_set(n_per_category=6, split="test")
     images = test.images[::3]
-    method = parse_method("gradient")
+    rule = parse_rule("gradient")
 
     def outputs(values: xr.Dataset, beta: float) -> torch.Tensor:
         # currents from these values into every SSN layer at once, E and I cells
         currents = {
             layer: CurrentAttention().currents(
-                ssn_layer(ssn, layer), value_vector(values, method, "merged", "a", layer), beta
+                ssn_layer(ssn, layer), rule.vector(ValueSource(values), "merged", "a", layer), beta
             )
             for layer in ssn.layers
         }

@@ -14,12 +14,11 @@ from bioattn.attention.gains import Modulation, SpatialCue, feature_gain, modula
 from bioattn.attention.values import layer_values
 from bioattn.data.tasks import make_task_set
 from bioattn.errors import CategoryError, ConfigError, DataError, LayerError
+from bioattn.experiments.engine import target_logits
 from bioattn.experiments.sweep import (
     PERFORMANCE_COLUMNS,
     SweepConfig,
-    parse_method,
     run_sweep,
-    target_logits,
 )
 from tests.conftest import make_image_set
 
@@ -99,18 +98,6 @@ def test_controls_and_response_gain_run(tiny_network, tiny_detectors, values, te
     assert sorted(table["beta"].unique()) == [0.0, 1.0]
 
 
-def test_method_parsing():
-    method = parse_method("response-shuffled-gradient-positive")
-    assert (method.source, method.additive, method.shuffled, method.positive_only) == (
-        "gradient",
-        True,
-        True,
-        True,
-    )
-    with pytest.raises(ConfigError, match="unknown method 'tunning'"):
-        parse_method("tunning")
-
-
 @pytest.mark.parametrize(
     ("change", "error", "message"),
     [
@@ -140,22 +127,6 @@ def test_sweep_is_deterministic(tiny_network, tiny_detectors, values, test_image
     first = run_sweep(tiny_network, tiny_detectors, values, test_images, CONFIG, progress=False)
     second = run_sweep(tiny_network, tiny_detectors, values, test_images, CONFIG, progress=False)
     pd.testing.assert_frame_equal(first, second)
-
-
-def test_spatial_method_parsing():
-    spatial = parse_method("spatial")
-    assert (spatial.source, spatial.spatial, spatial.spatial_additive) == (None, True, False)
-    both = parse_method("spatial+shuffled-tuning-additive")
-    assert (both.source, both.shuffled, both.spatial, both.spatial_additive) == (
-        "tuning",
-        True,
-        True,
-        True,
-    )
-    assert parse_method("spatial-additive").spatial_additive
-    for bad in ("spatial+response-tuning", "spatial+", "spatial-tuning", "spatially"):
-        with pytest.raises(ConfigError, match="spatial"):
-            parse_method(bad)
 
 
 @pytest.fixture

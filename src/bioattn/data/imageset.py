@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,25 @@ class ImageSet:
     def category_index(self, category: str | int) -> int:
         """Resolve a category name (or index) to its index; unknown names list the valid ones."""
         return resolve_category(category, self.categories)
+
+
+def resolve_categories(
+    names: Sequence[str | int], categories: Sequence[str]
+) -> list[str]:
+    """Canonical names of several categories, in the order given; duplicates (one category
+    named twice, or by name and index) are merged with a warning, and none is an error."""
+    resolved = [categories[resolve_category(name, categories)] for name in names]
+    if not resolved:
+        raise CategoryError(
+            f"no categories given; name at least one of: {', '.join(categories)}"
+        )
+    unique = list(dict.fromkeys(resolved))
+    if len(unique) < len(resolved):
+        warnings.warn(
+            f"categories {list(names)} name some category more than once; using {unique}",
+            stacklevel=2,
+        )
+    return unique
 
 
 def resolve_category(category: str | int, categories: Sequence[str]) -> int:

@@ -25,19 +25,27 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
 from bioattn.analysis.figures import save_figure
-from bioattn.analysis.sdt import detection_metrics
-from bioattn.attention.gains import Modulation, SpatialCue, feature_gain
-from bioattn.attention.values import add_gradient_values, layer_values, variable_name
+from bioattn.attention.rules import SpatialGain, ValueSource, parse_rule
+from bioattn.attention.values import add_gradient_values
 from bioattn.data.composites import QUADRANTS
-from bioattn.data.imageset import ImageSet, resolve_category
+from bioattn.data.imageset import ImageSet, resolve_categories
 from bioattn.data.tasks import TaskSet, make_task_set
 from bioattn.errors import ConfigError, DataError
-from bioattn.experiments.sweep import PERFORMANCE_COLUMNS, target_logits
+from bioattn.experiments.evaluate import Evaluator, make_evaluator
+from bioattn.experiments.grid import (
+    NOISE_GRADIENT_STREAM,
+    Arm,
+    Condition,
+    Grid,
+    LayerSetting,
+    cue_seed,
+    task_seed,
+)
+from bioattn.experiments.run import PerformanceSink, run
 from bioattn.models.detectors import Detectors
-from bioattn.models.network import LayerInfo, Network
+from bioattn.models.network import Network
 
 CUE_TYPES = ("valid", "neutral", "invalid")
 NOISE_CUES = ("none", "tuning", "gradient", "wrong-tuning", "wrong-gradient")
@@ -61,32 +69,6 @@ def cue_quadrants(task: TaskSet, validity: str, generator: torch.Generator) -> t
     return cued
 
 
-def cued_logits(
-    network: Network,
-    detectors: Detectors,
-    task: TaskSet,
-    layer: LayerInfo,
-    quadrants: torch.Tensor,
-    beta: float,
-) -> torch.Tensor:
-    """Target logits with each image's spatial attention on its own cued quadrant."""
-    logits = torch.empty(len(task))
-    for quadrant in quadrants.unique().tolist():
-        members = torch.nonzero(quadrants == quadrant).flatten()
-        subset = TaskSet(
-            task.images[members],
-            task.is_target[members],
-            task.contents[members],
-            task.target,
-            task.categories,
-            task.image_type,
-            task.split,
-        )
-        cue = {layer: Modulation(spatial=SpatialCue(int(quadrant), beta))}
-        logits[members] = target_logits(network, detectors, subset, cue)
-    return logits
-
-
 @dataclass(frozen=True)
 class CueingConfig:
     """Spatial cueing settings; ``layer`` None means the last attendable layer."""
@@ -105,37 +87,65 @@ def run_cueing(
     test_images: ImageSet,
     config: CueingConfig = CueingConfig(),
     progress: bool = True,
+    engine: str | Evaluator = "batched",
 ) -> pd.DataFrame:
-    """Performance, d′ and criterion per cue type and β (performance-table columns)."""
+    """Performance, d′ and criterion per cue type and β (performance-table columns).
+
+    Category k's array task set and its cues are seeded by k's index among all categories
+    (:func:`~bioattn.experiments.grid.task_seed`), so a run over some categories sees the same
+    images and cues as a run over all.
+    """
     if test_images.split == "train":
         raise DataError("cueing test sets must not come from training images")
     layer = network.resolve_layer(config.layer or network.layers[-1].alias)
     categories = _categories(config.categories, detectors)
-    betas = sorted({0.0, *map(float, config.betas)})
-    rows = []
-    for k, category in enumerate(tqdm(categories, desc="cueing", disable=not progress)):
-        task = make_task_set(
-            test_images, category, "array", config.n_pos, config.n_neg, seed=config.seed * 7919 + k
+    evaluator = _evaluator(network, detectors, engine)
+    tasks = {
+        category: make_task_set(
+            test_images,
+            category,
+            "array",
+            config.n_pos,
+            config.n_neg,
+            seed=task_seed(config.seed, test_images.category_index(category)),
         )
-        base = {
-            "task": "cueing",
-            "image_type": "array",
-            "category": category,
-            "layer": layer.alias,
-            "layer_number": layer.number,
-        }
-        neutral = detection_metrics(target_logits(network, detectors, task), task.is_target)
-        for validity in CUE_TYPES:
-            generator = torch.Generator().manual_seed(config.seed * 104_729 + k)
-            quadrants = None if validity == "neutral" else cue_quadrants(task, validity, generator)
-            for beta in betas:
-                if quadrants is None or beta == 0.0:
-                    metrics = neutral
-                else:
-                    logits = cued_logits(network, detectors, task, layer, quadrants, beta)
-                    metrics = detection_metrics(logits, task.is_target)
-                rows.append({**base, "method": validity, "beta": beta, **metrics})
-    return pd.DataFrame(rows, columns=PERFORMANCE_COLUMNS)
+        for category in categories
+    }
+    spatial = SpatialGain()
+    arms = tuple(
+        Arm(None, cue) if cue == "neutral" else Arm(spatial, cue, cue=cue) for cue in CUE_TYPES
+    )
+    grid = Grid((LayerSetting.single(layer),), arms, config.betas)
+
+    def conditions_for(category: str, task: TaskSet, setting: LayerSetting) -> list[Condition]:
+        k = test_images.category_index(category)
+        conditions = []
+        for arm in grid.arms:
+            quadrants = None
+            if arm.rule is not None:
+                generator = torch.Generator().manual_seed(cue_seed(config.seed, k))
+                quadrants = cue_quadrants(task, arm.cue, generator)
+            conditions += [Condition(setting, arm, b, quadrants) for b in grid.nonzero_betas]
+        return conditions
+
+    sink = PerformanceSink("cueing")
+    run(
+        tasks,
+        grid,
+        evaluator,
+        sink,
+        ValueSource(xr.Dataset()),
+        progress=progress,
+        desc="cueing",
+        conditions_for=conditions_for,
+    )
+    return sink.table()
+
+
+def _evaluator(network: Network, detectors: Detectors, engine: str | Evaluator) -> Evaluator:
+    if isinstance(engine, Evaluator):
+        return engine
+    return make_evaluator(network, detectors, engine)
 
 
 # --- detection in noise --------------------------------------------------------------------
@@ -170,9 +180,15 @@ def noise_gradient_values(
     """``values`` plus ``gradient_noise`` from training images in noise at ``snr``."""
     tasks = {
         category: make_task_set(
-            train_images, category, "noise", n, n, seed=20_000 + seed + k, snr=snr
+            train_images,
+            category,
+            "noise",
+            n,
+            n,
+            seed=task_seed(seed, train_images.category_index(category), NOISE_GRADIENT_STREAM),
+            snr=snr,
         )
-        for k, category in enumerate(detectors.categories)
+        for category in detectors.categories
     }
     return add_gradient_values(values, network, detectors, tasks, "noise")
 
@@ -180,7 +196,7 @@ def noise_gradient_values(
 def _categories(requested: Sequence[str] | None, detectors: Detectors) -> list[str]:
     if requested is None:
         return list(detectors.categories)
-    return [detectors.categories[resolve_category(c, detectors.categories)] for c in requested]
+    return resolve_categories(requested, detectors.categories)
 
 
 def run_noise_detection(
@@ -190,8 +206,13 @@ def run_noise_detection(
     test_images: ImageSet,
     config: NoiseConfig = NoiseConfig(),
     progress: bool = True,
+    engine: str | Evaluator = "batched",
 ) -> pd.DataFrame:
-    """Performance per (category, SNR, cue); the performance-table columns plus ``snr``."""
+    """Performance per (category, SNR, cue); the performance-table columns plus ``snr``.
+
+    The uncued row has β = 0, the cued rows the config's β; a ``wrong-…`` cue attends the next
+    category in the detectors' list.
+    """
     if test_images.split == "train":
         raise DataError("noise test sets must not come from training images")
     unknown = [c for c in config.cues if c not in NOISE_CUES]
@@ -204,46 +225,53 @@ def run_noise_detection(
         raise ConfigError("gradient cues need 'gradient_noise' values (noise_gradient_values)")
     layer = network.resolve_layer(config.layer or network.layers[-2].alias)
     categories = _categories(config.categories, detectors)
-    all_categories = list(detectors.categories)
-    rows = []
-    total = len(categories) * len(config.snrs)
-    bar = tqdm(total=total, desc="detection in noise", disable=not progress)
-    for k, category in enumerate(categories):
-        wrong = all_categories[(all_categories.index(category) + 1) % len(all_categories)]
+    evaluator = _evaluator(network, detectors, engine)
+    everyone = list(detectors.categories)
+
+    def next_category(category: str) -> str:
+        return everyone[(everyone.index(category) + 1) % len(everyone)]
+
+    arms = tuple(
+        Arm(None, cue)
+        if cue == "none"
+        else Arm(
+            parse_rule(cue.removeprefix("wrong-")),
+            cue,
+            attend=next_category if cue.startswith("wrong-") else None,
+        )
+        for cue in dict.fromkeys(config.cues)
+    )
+    grid = Grid((LayerSetting.single(layer),), arms, (0.0, config.beta))
+    tasks: dict[tuple[str, float], TaskSet] = {}
+    for category in categories:
+        k = test_images.category_index(category)
         for snr in sorted(config.snrs):
-            task = make_task_set(
+            tasks[(category, snr)] = make_task_set(
                 test_images,
                 category,
                 "noise",
                 config.n_pos,
                 config.n_neg,
-                seed=config.seed * 7919 + k,
+                seed=task_seed(config.seed, k),
                 snr=snr,
             )
-            base = {
-                "task": "noise-detection",
-                "image_type": "noise",
-                "category": category,
-                "layer": layer.alias,
-                "layer_number": layer.number,
-                "snr": snr,
-            }
-            for cue in config.cues:
-                if cue == "none":
-                    modulations = {}
-                    beta = 0.0
-                else:
-                    source = cue.removeprefix("wrong-")
-                    cued = wrong if cue.startswith("wrong-") else category
-                    v = layer_values(values, variable_name(source, "noise"), cued, layer)
-                    modulations = {layer: Modulation(scale=feature_gain(v, config.beta))}
-                    beta = config.beta
-                logits = target_logits(network, detectors, task, modulations)
-                metrics = detection_metrics(logits, task.is_target)
-                rows.append({**base, "method": cue, "beta": beta, **metrics})
-            bar.update(1)
-    bar.close()
-    return pd.DataFrame(rows, columns=[*PERFORMANCE_COLUMNS, "snr"])
+    sink = PerformanceSink(
+        "noise-detection", columns={key: {"snr": key[1]} for key in tasks}, extra=["snr"]
+    )
+    run(
+        tasks,
+        grid,
+        evaluator,
+        sink,
+        ValueSource(values),
+        progress=progress,
+        desc="detection in noise",
+    )
+    table = sink.table()
+    # one row per cue: the uncued one at β = 0, the cued ones at the cue's β
+    uncued = table["method"] == "none"
+    keep = (uncued & (table["beta"] == 0.0)) | (~uncued & (table["beta"] != 0.0))
+    return table[keep].reset_index(drop=True)
 
 
 def detection_thresholds(table: pd.DataFrame, level: float = PERFORMANCE_THRESHOLD) -> pd.DataFrame:

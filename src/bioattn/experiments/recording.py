@@ -11,9 +11,13 @@ monkey's (Lindsay & Miller 2018, "Attention's effects on neural activity").
 * the unattended **baseline** on c's task set (positives contain c, negatives never do);
 * **reference** rows: standard (single) images of c, unattended, for the vector-angle analysis;
 * one **attended** condition per attended layer × method × β on the same task images: feature
-  attention to c with the sweeps' rule (:func:`bioattn.experiments.sweep.parse_method`;
-  ``tuning`` and ``gradient`` are the bidirectional FSGM ``max(0, 1 + β·v)``); the all-layers
-  mode (``all_layers``) applies it at every layer at strength β/10, as sweeps do.
+  attention to c with the sweeps' gain rules (:mod:`bioattn.attention.rules`; ``tuning`` and
+  ``gradient`` are the bidirectional FSGM ``max(0, 1 + β·v)``); the all-layers mode
+  (``all_layers``) applies it at every layer at strength β/10, as sweeps do.
+
+Conditions run through the one run loop (:func:`bioattn.experiments.run.run`) with a
+:class:`RecordingSink`; the evaluator (by default the batched engine) reads the recorded layers
+through a :class:`~bioattn.experiments.evaluate.Probe`.
 
 The category axis is generic: :func:`record_tasks` accepts any task sets keyed by the name of
 their target (categories today, orientations when such task sets exist).
@@ -56,8 +60,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,20 +79,34 @@ from bioattn.analysis.neural import (
     ROW_COORDS,
     UNATTENDED,
 )
-from bioattn.attention.gains import Modulation, modulate
+from bioattn.attention.rules import ALL_LAYERS_FACTOR, GainRule, ValueSource, parse_rules
 from bioattn.attention.values import check_values_match
-from bioattn.data.composites import QUADRANTS, quadrant_slices
-from bioattn.data.imageset import ImageSet, resolve_category
+from bioattn.data.composites import QUADRANTS
+from bioattn.data.imageset import ImageSet, resolve_categories
 from bioattn.data.tasks import IMAGE_TYPES, TaskSet, make_task_set
 from bioattn.errors import ConfigError, DataError
-from bioattn.experiments.sweep import ALL_LAYERS, Method, SweepConfig, ValueSource, parse_method
+from bioattn.experiments.evaluate import (
+    Evaluator,
+    ModulationEvaluator,
+    Outputs,
+    Probe,
+    make_evaluator,
+)
+from bioattn.experiments.grid import (
+    REFERENCE_STREAM,
+    Condition,
+    Grid,
+    LayerSetting,
+    layer_settings,
+    task_seed,
+)
+from bioattn.experiments.run import LazyTasks, run
 from bioattn.models.detectors import Detectors
 from bioattn.models.network import LayerInfo, Network
+from bioattn.models.recording import capture_activity
 
 _STRING_ROWS = ("role", "task_category", "attended_category", "attended_layer", "method")
 _ROW_DTYPES = {"condition": "i4", "image": "i4", "is_target": "i1", "target_quadrant": "i1"}
-#: Strength factor of the all-layers mode (β/10 at every layer, as in sweeps).
-ALL_LAYERS_FACTOR = 0.1
 #: Bytes per row besides the float32 data: numeric coordinates plus five variable-length
 #: strings in the HDF5 global heap (measured at about 150 B; rounded up).
 ROW_OVERHEAD_BYTES = 256
@@ -147,15 +164,6 @@ class RecordingConfig:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class AttendSetting:
-    """Where attention goes in one condition: one layer, or every layer at a reduced strength."""
-
-    name: str  # layer alias or "all"
-    layers: tuple[LayerInfo, ...]
-    factor: float  # multiplies β
-
-
 @dataclass
 class RecordingPlan:
     """A validated recording: every name resolved, sizes known, nothing run yet."""
@@ -163,8 +171,8 @@ class RecordingPlan:
     config: RecordingConfig
     categories: list[str]  # attended categories, in the values' order
     category_index: dict[str, int]  # index of each among all categories of the values
-    settings: list[AttendSetting]
-    methods: list[Method]
+    settings: list[LayerSetting]
+    methods: list[GainRule]
     betas: list[float]
     record_layers: list[LayerInfo]
     full_map_layers: list[LayerInfo]
@@ -209,10 +217,10 @@ def _validate_betas(betas: Sequence[float]) -> list[float]:
     return nonzero
 
 
-def _check_methods(methods: Sequence[str], values: xr.Dataset, image_type: str) -> list[Method]:
-    if not methods:
-        raise ConfigError("no methods given; e.g. tuning or tuning,gradient")
-    parsed = [parse_method(m) for m in methods]
+def _check_methods(
+    methods: Sequence[str | GainRule], values: xr.Dataset, image_type: str
+) -> list[GainRule]:
+    parsed = parse_rules(list(methods))
     for method in parsed:
         if method.spatial:
             raise ConfigError(
@@ -261,20 +269,10 @@ def plan_recording(
     names = list(task_sizes) if config.categories is None else list(config.categories)
     if not names:
         raise ConfigError("no categories to attend; give at least one")
-    categories: list[str] = []
-    for name in names:
-        resolved = all_categories[resolve_category(name, all_categories)]
-        if resolved not in categories:
-            categories.append(resolved)
-    categories.sort(key=all_categories.index)
+    categories = sorted(resolve_categories(names, all_categories), key=all_categories.index)
     betas = _validate_betas(config.betas)
     methods = _check_methods(config.methods, values, config.image_type)
-    attend = network.resolve_layers(config.attend_layers)
-    settings = [AttendSetting(layer.alias, (layer,), 1.0) for layer in attend]
-    if config.all_layers:
-        settings.append(AttendSetting(ALL_LAYERS, tuple(network.layers), ALL_LAYERS_FACTOR))
-    if not settings:
-        raise ConfigError("no layer to attend: give attend layers or enable all-layers mode")
+    settings = layer_settings(network, config.attend_layers, config.all_layers)
     record_layers = network.resolve_layers(config.record_layers)
     if not record_layers:
         raise ConfigError("no layers to record; give at least one (or all)")
@@ -311,17 +309,9 @@ def map_shapes(
     network: Network, layers: Sequence[LayerInfo], image_shape: tuple[int, int, int]
 ) -> dict[str, tuple[int, int, int]]:
     """(C, H, W) of each layer's maps for one image of ``image_shape`` (one forward pass)."""
-    shapes: dict[str, tuple[int, int, int]] = {}
-    with ExitStack() as stack, torch.no_grad():
-        for layer in layers:
-
-            def hook(_module, _inputs, output, alias=layer.alias):
-                shapes[alias] = tuple(int(s) for s in output.shape[1:])
-
-            handle = network.submodule(layer.activation).register_forward_hook(hook)
-            stack.callback(handle.remove)
+    with torch.no_grad(), capture_activity(network, layers) as store:
         network.module(network.preprocess(torch.zeros(1, *image_shape)))
-    return shapes
+    return {alias: tuple(int(s) for s in out.shape[1:]) for alias, out in store.items()}
 
 
 def estimate_recording_bytes(plan: RecordingPlan) -> int:
@@ -541,47 +531,6 @@ class _Writer:
         self.file.close()
 
 
-class _Recorder:
-    """Forward hooks that reduce each recorded layer's (modulated) output as it is computed."""
-
-    def __init__(self, network: Network, plan: RecordingPlan) -> None:
-        self.network = network
-        self.plan = plan
-        self.layers = list(dict.fromkeys([*plan.record_layers, *plan.full_map_layers]))
-        self.record_aliases = {la.alias for la in plan.record_layers}
-        self.full_aliases = {la.alias for la in plan.full_map_layers}
-
-    @contextmanager
-    def attach(self, quadrants: bool) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
-        """Hooks storing means, quadrant means and full maps per layer for one forward pass.
-
-        Register after the attention hooks (enter :func:`modulate` first) so that what is
-        stored is the modulated activity.
-        """
-        store: dict[str, dict[str, torch.Tensor]] = {"mean": {}, "quadrant": {}, "maps": {}}
-        with ExitStack() as stack:
-            for layer in self.layers:
-
-                def hook(_module, _inputs, output, alias=layer.alias):
-                    out = output.detach().float()
-                    if alias in self.record_aliases:
-                        store["mean"][alias] = out.mean(dim=(2, 3)).cpu()
-                        if quadrants:
-                            h, w = out.shape[2:]
-                            parts = []
-                            for q in range(len(QUADRANTS)):
-                                rows, cols = quadrant_slices(h, w, q)
-                                parts.append(out[:, :, rows, cols].mean(dim=(2, 3)))
-                            store["quadrant"][alias] = torch.stack(parts, dim=-1).cpu()
-                    if alias in self.full_aliases:
-                        store["maps"][alias] = out.cpu().clone()
-                    return None
-
-                handle = self.network.submodule(layer.activation).register_forward_hook(hook)
-                stack.callback(handle.remove)
-            yield store
-
-
 def _attrs(
     network: Network,
     plan: RecordingPlan,
@@ -641,6 +590,114 @@ def _target_quadrants(task: TaskSet) -> np.ndarray:
     return task.target_quadrant.numpy().astype(np.int8)
 
 
+class RecordingSink:
+    """Writes a run's readings to a recording file, condition after condition.
+
+    For each task (one per attended category): the unattended rows, then the category's
+    reference images (unattended, read by the same evaluator without quadrant means), then one
+    block of rows per attended condition. Condition ids count up in that order.
+    """
+
+    def __init__(
+        self,
+        writer: _Writer,
+        plan: RecordingPlan,
+        evaluator: Evaluator,
+        reference_for: Callable[[str], torch.Tensor | None],
+        logits: bool,
+        bar: tqdm,
+    ) -> None:
+        self.writer = writer
+        self.plan = plan
+        self.evaluator = evaluator
+        self.reference_for = reference_for
+        self.logits = logits
+        self.bar = bar
+        self.condition = 0
+
+    def _write(
+        self,
+        readings: Mapping[str, torch.Tensor],
+        logits: torch.Tensor,
+        meta: dict,
+        is_target: np.ndarray,
+        quadrants: np.ndarray,
+    ) -> None:
+        n = logits.shape[0]
+        coords = _row_coords(
+            n, 0, is_target=is_target, target_quadrant=quadrants, condition=self.condition, **meta
+        )
+        quadrant = readings.get("quadrant")
+        self.writer.append(
+            coords,
+            readings["mean"].numpy(),
+            None if quadrant is None else quadrant.numpy(),
+            {
+                k.removeprefix("maps_"): v.numpy()
+                for k, v in readings.items()
+                if k.startswith("maps_")
+            },
+            logits.numpy() if self.logits else None,
+        )
+        self.condition += 1
+        self.bar.update(1)
+
+    def baseline(self, key: Hashable, task: TaskSet, outputs: Outputs) -> None:
+        category = str(key)
+        meta = _unattended(category)
+        is_target = task.is_target.numpy()
+        self._write(outputs.row(0), outputs.logits[0], meta, is_target, _target_quadrants(task))
+        reference = self.reference_for(category) if self.plan.n_reference[category] else None
+        if reference is not None and reference.shape[0]:
+            n = reference.shape[0]
+            ref_task = TaskSet(
+                reference,
+                torch.ones(n, dtype=torch.bool),
+                torch.full((n, 1), task.target, dtype=torch.int64),
+                task.target,
+                task.categories,
+                "standard",
+                task.split,
+            )
+            probe = Probe(self.plan.record_layers, False, self.plan.full_map_layers)
+            out = self.evaluator.baseline(ref_task, probe)
+            no_quadrant = np.full(n, -1, dtype=np.int8)
+            meta = {**meta, "role": ROLE_REFERENCE}
+            self._write(out.row(0), out.logits[0], meta, np.ones(n, dtype=bool), no_quadrant)
+
+    def conditions(
+        self,
+        key: Hashable,
+        task: TaskSet,
+        setting: LayerSetting,
+        conditions: Sequence[Condition],
+        outputs: Outputs,
+    ) -> None:
+        category = str(key)
+        is_target = task.is_target.numpy()
+        quadrants = _target_quadrants(task)
+        for i, condition in enumerate(conditions):
+            meta = {
+                **_unattended(category),
+                "attended_category": category,
+                "attended_layer": setting.name,
+                "method": condition.arm.label,
+                "beta": condition.beta,
+            }
+            self._write(outputs.row(i), outputs.logits[i], meta, is_target, quadrants)
+
+
+def _unattended(category: str) -> dict[str, object]:
+    return {
+        "role": ROLE_TASK,
+        "task_category": category,
+        "attended_category": UNATTENDED,
+        "attended_layer": UNATTENDED,
+        "method": UNATTENDED,
+        "beta": 0.0,
+    }
+
+
 def _record(
     network: Network,
     values: xr.Dataset,
@@ -652,6 +709,7 @@ def _record(
     split: str,
     extra_attrs: Mapping[str, object],
     progress: bool,
+    engine: str | Evaluator = "batched",
 ) -> Path:
     config = plan.config
     check_disk_space(plan, out)
@@ -659,8 +717,14 @@ def _record(
     units = values["layer"].isin(list(aliases)).values
     tuning = np.asarray(values["tuning"].values[:, units], dtype=np.float32)
     categories = [str(c) for c in values["category"].values]
-    source = ValueSource(values, SweepConfig(shuffle_seed=config.shuffle_seed))
-    recorder = _Recorder(network, plan)
+    if isinstance(engine, Evaluator):
+        evaluator = engine
+    elif detectors is None:  # no logits to compute: full passes read the activity
+        evaluator = ModulationEvaluator(network, None, None, config.batch_size)
+    else:
+        evaluator = make_evaluator(network, detectors, engine, config.batch_size)
+    grid = Grid.of(plan.settings, plan.methods, plan.betas)
+    probe = Probe(tuple(plan.record_layers), plan.quadrants, tuple(plan.full_map_layers))
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     writer = _Writer(
@@ -673,111 +737,17 @@ def _record(
     )
     total = sum(1 + plan.n_attended + (plan.n_reference[c] > 0) for c in plan.categories)
     bar = tqdm(total=total, desc="recording", disable=not progress)
-
-    def run(
-        images: torch.Tensor,
-        modulations: Mapping[LayerInfo, Modulation],
-        meta: dict,
-        is_target: np.ndarray,
-        quadrants: np.ndarray,
-        quadrant_means: bool,
-        detector: int | None,
-    ) -> None:
-        for start in range(0, images.shape[0], config.batch_size):
-            batch = images[start : start + config.batch_size]
-            with ExitStack() as stack:
-                stack.enter_context(torch.no_grad())
-                stack.enter_context(modulate(network, modulations))
-                store = stack.enter_context(recorder.attach(quadrant_means))
-                readout = stack.enter_context(network.capture_readout())
-                network.module(network.preprocess(batch))
-            n = batch.shape[0]
-            activity = torch.cat([store["mean"][la.alias] for la in plan.record_layers], dim=1)
-            quadrant = (
-                torch.cat([store["quadrant"][la.alias] for la in plan.record_layers], dim=1)
-                if quadrant_means
-                else None
-            )
-            logits = None
-            if detectors is not None and detector is not None:
-                logits = detectors.logits(readout[-1])[:, detector].numpy()
-            coords = _row_coords(
-                n,
-                start,
-                is_target=is_target[start : start + n],
-                target_quadrant=quadrants[start : start + n],
-                **meta,
-            )
-            writer.append(
-                coords,
-                activity.numpy(),
-                None if quadrant is None else quadrant.numpy(),
-                {alias: t.numpy() for alias, t in store["maps"].items()},
-                logits,
-            )
-
+    sink = RecordingSink(writer, plan, evaluator, reference_for, detectors is not None, bar)
     try:
-        condition = 0
-        for category in plan.categories:
-            task = task_for(category)
-            detector = None if detectors is None else detectors.index(category)
-            is_target = task.is_target.numpy()
-            quadrants = _target_quadrants(task)
-            unattended = {
-                "role": ROLE_TASK,
-                "task_category": category,
-                "attended_category": UNATTENDED,
-                "attended_layer": UNATTENDED,
-                "method": UNATTENDED,
-                "beta": 0.0,
-            }
-            run(
-                task.images,
-                {},
-                {**unattended, "condition": condition},
-                is_target,
-                quadrants,
-                plan.quadrants,
-                detector,
-            )
-            condition += 1
-            bar.update(1)
-            reference = reference_for(category) if plan.n_reference[category] else None
-            if reference is not None and reference.shape[0]:
-                n = reference.shape[0]
-                meta = {**unattended, "role": ROLE_REFERENCE, "condition": condition}
-                no_quadrant = np.full(n, -1, dtype=np.int8)
-                run(reference, {}, meta, np.ones(n, dtype=bool), no_quadrant, False, detector)
-                condition += 1
-                bar.update(1)
-            for setting in plan.settings:
-                for method in plan.methods:
-                    for beta in plan.betas:
-                        modulations = {
-                            layer: source.modulation(
-                                method, config.image_type, category, layer, beta * setting.factor
-                            )
-                            for layer in setting.layers
-                        }
-                        meta = {
-                            **unattended,
-                            "condition": condition,
-                            "attended_category": category,
-                            "attended_layer": setting.name,
-                            "method": method.name,
-                            "beta": beta,
-                        }
-                        run(
-                            task.images,
-                            modulations,
-                            meta,
-                            is_target,
-                            quadrants,
-                            plan.quadrants,
-                            detector,
-                        )
-                        condition += 1
-                        bar.update(1)
+        run(
+            LazyTasks(plan.categories, task_for),
+            grid,
+            evaluator,
+            sink,
+            ValueSource(values, config.shuffle_seed),
+            probe=probe,
+            progress=False,
+        )
         writer.close()
         partial.replace(out)
     except BaseException:
@@ -807,6 +777,7 @@ def record_tasks(
     references: Mapping[str, torch.Tensor] | None = None,
     detectors: Detectors | None = None,
     progress: bool = True,
+    engine: str | Evaluator = "batched",
 ) -> Path:
     """Record the conditions of ``config`` on given task sets, keyed by their target's name.
 
@@ -849,6 +820,7 @@ def record_tasks(
         first.split,
         {},
         progress,
+        engine,
     )
 
 
@@ -870,6 +842,7 @@ def record(
     *,
     detectors: Detectors | None = None,
     progress: bool = True,
+    engine: str | Evaluator = "batched",
 ) -> Path:
     """Record the conditions of ``config`` on task sets drawn from ``source`` (a test split).
 
@@ -878,7 +851,9 @@ def record(
     reference images are ``n_reference`` standard images of k drawn with seed
     ``seed * 7919 + k + 500_009``. Task sets are built one category at a time, so memory holds
     one category's images. Everything is validated, and the size checked against the free
-    disk space, before anything runs. Returns the path of the finished netCDF file.
+    disk space, before anything runs. ``engine``: ``"batched"`` (default; the sweep engine
+    reads the recorded layers), ``"naive"`` (a full pass per condition) or an evaluator.
+    Returns the path of the finished netCDF file.
     """
     out = Path(out)
     _check_split(source.split)
@@ -896,7 +871,7 @@ def record(
         )
     counts = torch.bincount(source.labels.to(torch.int64), minlength=len(all_categories))
     wanted = all_categories if config.categories is None else list(config.categories)
-    wanted = [all_categories[resolve_category(c, all_categories)] for c in wanted]
+    wanted = resolve_categories(wanted, all_categories)
     n_task = {c: config.n_pos + config.n_neg for c in wanted}
     n_ref = {c: min(config.n_reference, int(counts[all_categories.index(c)])) for c in wanted}
     c, h, w = source.images.shape[1:]
@@ -913,8 +888,8 @@ def record(
     for category in plan.categories:  # validate every task set's inputs before recording
         make_task_set(source, category, config.image_type, 1, 1, seed=0, snr=config.snr)
 
-    def seed_of(category: str) -> int:
-        return config.seed * 7919 + plan.category_index[category]
+    def seed_of(category: str, stream: int = 0) -> int:
+        return task_seed(config.seed, plan.category_index[category], stream)
 
     def task_for(category: str) -> TaskSet:
         return make_task_set(
@@ -928,7 +903,9 @@ def record(
         )
 
     def reference_for(category: str) -> torch.Tensor:
-        return reference_images(source, category, config.n_reference, seed_of(category) + 500_009)
+        return reference_images(
+            source, category, config.n_reference, seed_of(category, REFERENCE_STREAM)
+        )
 
     return _record(
         network,
@@ -941,6 +918,7 @@ def record(
         source.split,
         {"n_pos": config.n_pos, "n_neg": config.n_neg},
         progress,
+        engine,
     )
 
 

@@ -17,10 +17,9 @@ Neural signatures are in :mod:`bioattn.ssn.signatures`, convergence and cost in
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,78 +27,33 @@ import pandas as pd
 import torch
 import xarray as xr
 from matplotlib.figure import Figure
-from tqdm.auto import tqdm
 
 from bioattn.analysis.figures import method_colors, plot_performance_increase, save_figure
-from bioattn.analysis.sdt import detection_metrics
+from bioattn.attention.rules import parse_rules
 from bioattn.attention.values import save_values, tuning_values
 from bioattn.cache import atomic_write_bytes
 from bioattn.data.fashion_mnist import load_fashion_mnist
 from bioattn.data.imageset import ImageSet, balanced_subset, resolve_category
 from bioattn.errors import ConfigError
-from bioattn.experiments.engine import target_logits
-from bioattn.experiments.sweep import (
-    ALL_LAYERS,
-    PERFORMANCE_COLUMNS,
-    SweepConfig,
-    build_test_sets,
-    parse_method,
-    resolve_sweep,
-    run_sweep,
-    value_vector,
-)
+from bioattn.experiments.grid import ALL_LAYERS
+from bioattn.experiments.sweep import SweepConfig, resolve_sweep, run_sweep
 from bioattn.models.detectors import Detectors, evaluate_detectors
-from bioattn.models.network import LayerInfo, Network
+from bioattn.models.network import Network
 from bioattn.ssn.builder import (
     build_ssn_network,
     fit_ssn_detectors,
-    ssn_attention,
     ssn_blocks,
     ssn_layer,
 )
-from bioattn.ssn.layer import SSNInstabilityError, SSNLayer, SSNParams
+from bioattn.ssn.evaluate import ATTENTION_TARGETS, CurrentAttention, CurrentEvaluator
+from bioattn.ssn.layer import SSNParams
 
-ATTENTION_TARGETS = ("E", "I", "both")
 #: Attention strengths of the SSN sweep: current = β·v·drive, so β = 0.1 adds a tenth of a
 #: typical unit's feedforward drive to a map with v = 1. (A pilot on two categories found the
 #: best β between 0.05 and 0.4; β = 1 lowered performance almost everywhere.)
 DEFAULT_SSN_BETAS = (0.0, 0.03, 0.1, 0.2, 0.4)
 #: The reduced replication: five of the ten categories (every other one), merged images.
 DEFAULT_SSN_CATEGORIES = ("T-shirt/top", "Pullover", "Coat", "Shirt", "Bag")
-
-
-@dataclass(frozen=True)
-class CurrentAttention:
-    """How attention enters the SSN: an input current ``β·v·drive`` per feature map.
-
-    ``target``: "E" (current to E cells only), "I" (to I cells only; a positive value then
-    inhibits the map) or "both" (to E, and ``ratio_i`` times as much to I; ``None`` uses the
-    feedforward ratio ``SSNParams.input_ratio_i``, so attention acts like extra feedforward drive).
-    """
-
-    target: str = "both"
-    ratio_i: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.target not in ATTENTION_TARGETS:
-            raise ConfigError(
-                f"unknown attention target {self.target!r}; valid: {', '.join(ATTENTION_TARGETS)}"
-            )
-        if self.ratio_i is not None and not (math.isfinite(self.ratio_i) and self.ratio_i >= 0):
-            raise ConfigError(f"ratio_i must be a non-negative number, got {self.ratio_i}")
-
-    def currents(
-        self, ssn: SSNLayer, values: torch.Tensor, beta: float
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(current to E, current to I) as (C,) vectors for per-map ``values`` and strength β."""
-        v = torch.nan_to_num(values.to(torch.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        amplitude = float(beta) * ssn.params.drive * v
-        if self.target == "E":
-            return amplitude, None
-        if self.target == "I":
-            return None, amplitude
-        ratio = ssn.params.input_ratio_i if self.ratio_i is None else self.ratio_i
-        return amplitude, amplitude * ratio
 
 
 def run_ssn_sweep(
@@ -123,71 +77,14 @@ def run_ssn_sweep(
     A condition whose SSN diverges or does not converge is left out of the table (its β row is
     missing) and listed in ``table.attrs["ssn_failures"]`` with the error message.
     """
-    resolved = resolve_sweep(config, network, detectors, values)
-    config = resolved.config
-    for method in resolved.methods:
-        if method.additive:
-            raise ConfigError(
-                f"method {method.name!r}: attention as an input current is already additive; "
-                "use the method without 'response-'"
-            )
-        if getattr(method, "spatial", False) or method.source is None:
-            raise ConfigError(
-                f"method {method.name!r}: spatial attention as an input current is not "
-                "implemented; use tuning, gradient, uniform or their shuffled / positive-only "
-                "variants"
-            )
-    layers = list(resolved.layers)
-    for layer in layers:
-        ssn_layer(network, layer)  # raises with the list of SSN layers
+    evaluator = CurrentEvaluator(network, detectors, attention, config.batch_size)
     ssn_layers = [network.resolve_layer(alias) for alias in ssn_blocks(network)]
-    tasks = build_test_sets(test_images, resolved.categories, config)
-    settings: list[tuple[str, int, list[LayerInfo], float]] = [
-        (layer.alias, layer.number, [layer], 1.0) for layer in layers
-    ]
-    if config.all_layers:
-        settings.append((ALL_LAYERS, 0, ssn_layers, 0.1))
-    nonzero = [b for b in config.betas if b != 0.0]
-    total = len(tasks) * (1 + len(settings) * len(resolved.methods) * len(nonzero))
-    bar = tqdm(total=total, desc=f"SSN sweep ({config.task})", disable=not progress)
-    rows: list[dict] = []
-    failures: list[dict] = []
-    for (image_type, category), task in tasks.items():
-        base = {"task": config.task, "image_type": image_type, "category": category}
-        baseline = detection_metrics(
-            target_logits(network, detectors, task, batch_size=config.batch_size), task.is_target
-        )
-        bar.update(1)
-        for alias, number, attended, factor in settings:
-            for method in resolved.methods:
-                common = {**base, "layer": alias, "layer_number": number, "method": method.name}
-                rows.append({**common, "beta": 0.0, **baseline})
-                vectors = {
-                    layer: value_vector(
-                        values, method, image_type, category, layer, config.shuffle_seed
-                    )
-                    for layer in attended
-                }
-                for beta in nonzero:
-                    currents = {
-                        layer: attention.currents(ssn_layer(network, layer), v, beta * factor)
-                        for layer, v in vectors.items()
-                    }
-                    try:
-                        with ssn_attention(network, currents):
-                            logits = target_logits(
-                                network, detectors, task, batch_size=config.batch_size
-                            )
-                    except SSNInstabilityError as error:
-                        failures.append({**common, "beta": beta, "error": str(error)})
-                    else:
-                        rows.append(
-                            {**common, "beta": beta, **detection_metrics(logits, task.is_target)}
-                        )
-                    bar.update(1)
-    bar.close()
-    table = pd.DataFrame(rows, columns=PERFORMANCE_COLUMNS)
-    table.attrs["ssn_failures"] = failures
+    for layer in resolve_sweep(config, network, detectors, values).layers:
+        ssn_layer(network, layer)  # raises with the list of SSN layers
+    table = run_sweep(
+        network, detectors, values, test_images, config, progress, evaluator, every=ssn_layers
+    )
+    table.attrs["ssn_failures"] = table.attrs.pop("failures")
     return table
 
 
@@ -373,8 +270,7 @@ def run_ssn_replication(
     # names are checked before the long work starts
     if categories is not None:
         categories = [train.categories[resolve_category(c, train.categories)] for c in categories]
-    for name in methods:
-        parse_method(name)
+    parse_rules(methods)
     out_dir.mkdir(parents=True, exist_ok=True)
     trained = load_default(data_dir=data_dir, progress=progress)
     network, detectors = trained.network, trained.detectors
