@@ -41,12 +41,11 @@ import xarray as xr
 from torch import nn
 
 from bioattn.attention.rules import ValueSource, parse_rule
-from bioattn.attention.values import load_values, save_values
+from bioattn.attention.values import compute_values, load_values, save_values
 from bioattn.cache import cache_dir
 from bioattn.data.fashion_mnist import load_fashion_mnist
 from bioattn.data.tasks import make_task_set
 from bioattn.experiments.engine import SweepEngine, naive_condition_logits
-from bioattn.experiments.replication import compute_values
 from bioattn.experiments.sweep import (
     ALL_LAYERS,
     SweepConfig,

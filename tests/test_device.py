@@ -71,7 +71,8 @@ def test_configured_bfloat16_run_records_its_check_against_float32(tmp_path):
     spec = 'spec = "tests.conftest:tiny_rgb_net"'
     path.write_text(path.read_text().replace(spec, spec + '\nprecision = "bfloat16"'))
     run_configured_sweep(load_config(path), progress=False)
-    check = json.loads((tmp_path / "bf16" / "config.json").read_text())["precision_check"]
+    written = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    check = written["results"]["precision_check"]
     assert check["precision"] == "bfloat16"
     assert 0 <= check["max_abs_diff_performance"] <= 1
 

@@ -53,7 +53,7 @@ def test_quick_demo_writes_a_complete_results_folder(trained, tmp_path, capsys):
     assert set(table["category"]) == {"Trouser", "Bag"}
     assert len(set(table["layer"])) == 7  # six layers and all-layers mode
     config = json.loads((out / "config.json").read_text())
-    assert config["sweep"]["betas"] == [0.0, 0.5, 2.0]
+    assert config["settings"]["sweep"]["betas"] == [0.0, 0.5, 2.0]
 
     # the sweep command reuses the values file and writes the same kind of folder
     again = tmp_path / "sweep"

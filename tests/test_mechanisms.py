@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bioattn.attention.values import compute_values
 from bioattn.data.clutter import crop_windows, make_cluttered, paste_windows
 from bioattn.data.imageset import ImageSet
 from bioattn.errors import CategoryError, ConfigError, LayerError
-from bioattn.experiments.replication import compute_values
 from bioattn.mechanisms.common import (
     cued_logits,
     cued_set,

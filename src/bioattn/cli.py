@@ -175,9 +175,8 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 def cmd_values(args: argparse.Namespace) -> int:
     """Compute tuning and gradient values of the default network."""
-    from bioattn.attention.values import save_values
+    from bioattn.attention.values import compute_values, save_values
     from bioattn.data.fashion_mnist import load_fashion_mnist
-    from bioattn.experiments.replication import compute_values
     from bioattn.models.train import load_default
 
     trained = load_default(_train_settings(args), args.data_dir)
@@ -222,7 +221,7 @@ def _experiment_config(args: argparse.Namespace) -> ExperimentConfig:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Sweep attention over layers × β × categories × methods: sharded, resumable."""
-    from bioattn.experiments.replication import format_summary
+    from bioattn.analysis.sdt import format_summary
     from bioattn.experiments.shards import run_configured_sweep
 
     config = _experiment_config(args)
@@ -237,7 +236,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     """Merge a sharded sweep's finished shards into its tables and figures."""
-    from bioattn.experiments.replication import format_summary, plot_run, write_tables
+    from bioattn.analysis.sdt import format_summary
+    from bioattn.experiments.runfolder import plot_run, write_tables
     from bioattn.experiments.shards import collect
 
     table = collect(args.run_dir)
@@ -258,7 +258,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """Redraw the figures of a results folder."""
-    from bioattn.experiments.replication import plot_run
+    from bioattn.experiments.runfolder import plot_run
 
     for path in plot_run(args.run_dir):
         print(path)
@@ -357,7 +357,7 @@ def cmd_orientation(args: argparse.Namespace) -> int:
 
 
 def _print_orientation(result: dict) -> None:
-    from bioattn.experiments.replication import format_summary
+    from bioattn.analysis.sdt import format_summary
 
     print("orientation detection, performance increase (pp, mean ± SEM across orientations):")
     print(format_summary(result["feature_summary"]))
@@ -371,7 +371,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The whole replication on the embedded default (Fashion-MNIST)."""
     from dataclasses import replace
 
-    from bioattn.experiments.replication import format_summary, run_replication
+    from bioattn.analysis.sdt import format_summary
+    from bioattn.experiments.replication import run_replication
 
     config = _sweep_config(args)
     if args.quick:
@@ -597,7 +598,7 @@ def _finding_lines(findings: dict[str, dict]) -> list[str]:
 
 def cmd_ssn_replicate(args: argparse.Namespace) -> int:
     """Findings 1 and 2 on the SSN-CNN (attention as input current) next to the plain network."""
-    from bioattn.experiments.replication import format_summary
+    from bioattn.analysis.sdt import format_summary
     from bioattn.ssn.experiments import (
         DEFAULT_SSN_BETAS,
         DEFAULT_SSN_CATEGORIES,

@@ -32,6 +32,7 @@ __all__ = [
     "detection_metrics",
     "detection_metrics_batch",
     "dprime_criterion",
+    "format_summary",
     "layer_summary",
     "performance_gains",
     "sort_layers",
@@ -364,3 +365,19 @@ def sort_layers(frame: pd.DataFrame) -> pd.DataFrame:
         sort_cols.append("layer_number")
     order = order.sort_values(sort_cols, kind="mergesort")
     return order.drop(columns="_is_all").reset_index(drop=True)
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """A text table: mean ± SEM performance increase (pp) per layer, by image type and method."""
+    cells = summary.assign(
+        cell=summary["mean_delta_pp"].map("{:.1f}".format)
+        + " ± "
+        + summary["sem_delta_pp"].map("{:.1f}".format),
+        # all-layers mode (layer_number 0) goes last
+        order=summary["layer_number"].where(summary["layer_number"] > 0, 10_000),
+    )
+    pivot = cells.pivot_table(
+        index=["order", "layer"], columns=["image_type", "method"], values="cell", aggfunc="first"
+    )
+    pivot.index = pivot.index.get_level_values("layer")
+    return pivot.to_string()

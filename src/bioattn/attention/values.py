@@ -26,7 +26,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from bioattn.data.imageset import ImageSet
-from bioattn.data.tasks import TaskSet
+from bioattn.data.tasks import GRADIENT_STREAM, TaskSet, make_task_set, task_seed
 from bioattn.errors import ConfigError, DataError
 from bioattn.models.detectors import Detectors
 from bioattn.models.network import LayerInfo, Network
@@ -237,4 +237,50 @@ def load_values(path: str | Path, network: Network | None = None) -> xr.Dataset:
         ) from error
     if network is not None:
         check_values_match(values, network)
+    return values
+
+
+#: Positives and negatives per category for gradient values (training images, not test ones).
+GRADIENT_SET_SIZE = 100
+
+
+def compute_values(
+    network: Network,
+    detectors: Detectors,
+    train_images: ImageSet,
+    image_types: Sequence[str] = ("merged", "array"),
+    gradient_set_size: int = GRADIENT_SET_SIZE,
+    seed: int = 0,
+    progress: bool = True,
+    tuning_images: ImageSet | None = None,
+) -> xr.Dataset:
+    """Tuning values from standard training images and gradient values per image type.
+
+    Gradient values use task sets (``gradient_set_size`` positives and as many negatives per
+    category) built from the training split with their own seed, so no test image is used.
+    Tuning values use ``tuning_images`` when given (a subset, for slow networks such as the
+    SSN-CNN), else ``train_images``.
+    """
+    tuning_images = train_images if tuning_images is None else tuning_images
+    for images in (train_images, tuning_images):
+        if images.split != "train":
+            raise DataError(f"values must come from training images, got split {images.split!r}")
+    values = tuning_values(network, tuning_images)
+    for image_type in image_types:
+        if image_type == "noise":
+            raise DataError("gradient values for noise images are not computed by the replication")
+        tasks = {
+            category: make_task_set(
+                train_images,
+                category,
+                image_type,
+                n_pos=gradient_set_size,
+                n_neg=gradient_set_size,
+                seed=task_seed(seed, k, GRADIENT_STREAM),
+            )
+            for k, category in enumerate(detectors.categories)
+        }
+        values = add_gradient_values(
+            values, network, detectors, tasks, image_type, progress=progress
+        )
     return values

@@ -48,6 +48,24 @@ _ITEMS: dict[str, int] = {"standard": 1, "merged": 2, "array": 4, "noise": 1, "g
 _NON_TARGETS_NEEDED: dict[str, int] = {"standard": 1, "merged": 2, "array": 4, "noise": 1}
 
 
+#: Streams of :func:`task_seed`: test sets, gradient-value sets, noise gradient sets,
+#: reference images of recordings and per-image spatial cues each draw their own images.
+TEST_STREAM = 0
+GRADIENT_STREAM = 10_000
+NOISE_GRADIENT_STREAM = 20_000
+REFERENCE_STREAM = 500_009
+
+
+def task_seed(seed: int, category_index: int, stream: int = TEST_STREAM) -> int:
+    """The seed of category ``category_index``'s image set (its index among all categories)."""
+    return stream + int(seed) * 7919 + int(category_index)
+
+
+def cue_seed(seed: int, category_index: int) -> int:
+    """The seed of the per-image spatial cues of category ``category_index``'s task set."""
+    return int(seed) * 104_729 + int(category_index)
+
+
 @dataclass(frozen=True, eq=False)
 class TaskSet:
     """Images for one detection task, positives first then negatives.

@@ -19,8 +19,8 @@ for the others), so every experiment refuses unsupported methods the same way, b
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -35,6 +35,7 @@ from bioattn.experiments.engine import SweepEngine
 from bioattn.experiments.grid import Condition
 from bioattn.models.detectors import Detectors
 from bioattn.models.network import LayerInfo, Network
+from bioattn.models.recording import capture_activity
 
 #: Names :func:`make_evaluator` accepts.
 EVALUATORS = ("batched", "naive")
@@ -130,25 +131,6 @@ class Evaluator(Protocol):
         """Every condition on ``task`` (one row each, in order)."""
 
 
-@contextmanager
-def _capture(network: Network, layers: Sequence[LayerInfo]) -> Iterator[dict[str, torch.Tensor]]:
-    """Hooks storing each layer's (modulated) activation output for one forward pass.
-
-    Enter after :func:`~bioattn.attention.gains.modulate` so that the stored activity is the
-    modulated one.
-    """
-    store: dict[str, torch.Tensor] = {}
-    with ExitStack() as stack:
-        for layer in layers:
-
-            def hook(_module, _inputs, output, alias=layer.alias):
-                store[alias] = output
-
-            handle = network.submodule(layer.activation).register_forward_hook(hook)
-            stack.callback(handle.remove)
-        yield store
-
-
 def _subset(task: TaskSet, members: torch.Tensor) -> TaskSet:
     return TaskSet(
         task.images[members],
@@ -215,7 +197,9 @@ class ModulationEvaluator:
         with ExitStack() as stack:
             stack.enter_context(torch.no_grad())
             stack.enter_context(modulate(self.network, modulations))
-            store = stack.enter_context(_capture(self.network, probe.hooked if probe else []))
+            store = stack.enter_context(
+                capture_activity(self.network, probe.hooked if probe else [])
+            )
             readout = stack.enter_context(self.network.capture_readout())
             for start in range(0, images.shape[0], self.batch_size):
                 self.network.module(

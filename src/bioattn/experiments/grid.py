@@ -11,9 +11,9 @@
   so it is evaluated once per task (the baseline) and never as a condition; sharding is a
   partition of the grid by layer setting (:meth:`Grid.split`).
 
-Test-set seeds follow one rule, :func:`task_seed`: the seed of category k's set depends on k's
-index among *all* categories of the data, never on which categories a run asks for, so a run
-over some categories sees the same images as a run over all of them.
+Test-set seeds follow one rule, :func:`bioattn.data.tasks.task_seed`: the seed of category k's
+set depends on k's index among *all* categories of the data, never on which categories a run
+asks for, so a run over some categories sees the same images as a run over all of them.
 """
 
 from __future__ import annotations
@@ -26,19 +26,20 @@ import torch
 
 from bioattn.attention.gains import Modulation
 from bioattn.attention.rules import ALL_LAYERS_FACTOR, GainRule, ValueSource, parse_rule
-from bioattn.data.tasks import TaskSet
+from bioattn.data.tasks import (  # noqa: F401  (re-exported: the seed rule)
+    GRADIENT_STREAM,
+    NOISE_GRADIENT_STREAM,
+    REFERENCE_STREAM,
+    TEST_STREAM,
+    TaskSet,
+    cue_seed,
+    task_seed,
+)
 from bioattn.errors import ConfigError
 from bioattn.models.network import LayerInfo, Network
 
 #: Name of the all-layers setting in result tables (its ``layer_number`` is 0).
 ALL_LAYERS = "all"
-
-#: Streams of :func:`task_seed`: test sets, gradient-value sets, noise gradient sets,
-#: reference images of recordings and per-image spatial cues each draw their own images.
-TEST_STREAM = 0
-GRADIENT_STREAM = 10_000
-NOISE_GRADIENT_STREAM = 20_000
-REFERENCE_STREAM = 500_009
 
 __all__ = [
     "ALL_LAYERS",
@@ -50,16 +51,6 @@ __all__ = [
     "layer_settings",
     "task_seed",
 ]
-
-
-def task_seed(seed: int, category_index: int, stream: int = TEST_STREAM) -> int:
-    """The seed of category ``category_index``'s image set (its index among all categories)."""
-    return stream + int(seed) * 7919 + int(category_index)
-
-
-def cue_seed(seed: int, category_index: int) -> int:
-    """The seed of the per-image spatial cues of category ``category_index``'s task set."""
-    return int(seed) * 104_729 + int(category_index)
 
 
 @dataclass(frozen=True)

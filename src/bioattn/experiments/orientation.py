@@ -44,6 +44,7 @@ from bioattn.data.gratings import (
 )
 from bioattn.data.tasks import TaskSet
 from bioattn.errors import ConfigError
+from bioattn.experiments.runfolder import plot_run, write_tables
 from bioattn.experiments.sweep import SweepConfig, run_sweep
 from bioattn.models.detectors import Detectors, evaluate_detectors, fit_detectors
 from bioattn.models.network import Network
@@ -224,7 +225,6 @@ def run_orientation(
     Each subfolder is a results folder like the object replication's (performance table, gains,
     summary, figures), so ``bioattn plot`` works on either.
     """
-    from bioattn.experiments.replication import plot_run, write_tables
 
     out_dir = Path(out_dir)
     started = time.perf_counter()

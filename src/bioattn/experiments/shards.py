@@ -40,7 +40,9 @@ from bioattn.cache import atomic_write_bytes, update_with_tensor
 from bioattn.data.imageset import ImageSet
 from bioattn.data.tasks import TaskSet
 from bioattn.errors import BioattnError, ConfigError, DataError
-from bioattn.experiments.config import EXECUTORS, ExperimentConfig, prepare_experiment
+from bioattn.experiments.config import EXECUTORS, ExperimentConfig
+from bioattn.experiments.prepare import prepare
+from bioattn.experiments.runfolder import plot_run, write_run_config, write_tables
 from bioattn.experiments.sweep import (
     ALL_LAYERS,
     PERFORMANCE_COLUMNS,
@@ -367,7 +369,7 @@ def summarise_outcomes(outcomes: Iterable[ShardOutcome]) -> dict[str, int]:
 
 def _experiment_job(config: ExperimentConfig, shards: Sequence[Shard]) -> list[ShardOutcome]:
     """One job of a configured sweep: load the experiment once, run its shards."""
-    experiment = prepare_experiment(config, progress=False)
+    experiment = prepare(config, progress=False)
     fingerprint = sweep_fingerprint(
         experiment.network,
         experiment.detectors,
@@ -398,11 +400,9 @@ def run_configured_sweep(config: ExperimentConfig, progress: bool = True) -> dic
     """
     import time
 
-    from bioattn.experiments.replication import environment_info, plot_run, write_tables
-
     started = time.perf_counter()
     run_dir = Path(config.run.out)
-    experiment = prepare_experiment(config, progress)
+    experiment = prepare(config, progress=progress)
     network, detectors, values = experiment.network, experiment.detectors, experiment.values
     resolved = resolve_sweep(config.sweep, network, detectors, values)
     for note in resolved.notes:
@@ -469,18 +469,13 @@ def run_configured_sweep(config: ExperimentConfig, progress: bool = True) -> dic
     table = collect(run_dir)
     gains, summary = write_tables(table, run_dir)
     figures = plot_run(run_dir)
-    run_config = {
-        "experiment": config.to_dict(),
-        "model": network.name,
-        "fingerprint": fingerprint,
-        "shards": counts,
-        "device": str(network.device),
-        "precision_check": precision,
-        "environment": environment_info(),
-        "timings_seconds": {"total": round(time.perf_counter() - started, 1)},
-    }
-    atomic_write_bytes(
-        run_dir / "config.json", json.dumps(run_config, indent=2, default=str).encode()
+    write_run_config(
+        run_dir,
+        "sweep",
+        {"experiment": config.to_dict(), "fingerprint": fingerprint},
+        model={"name": network.name, "device": str(network.device)},
+        results={"shards": counts, "precision_check": precision},
+        timings={"total": time.perf_counter() - started},
     )
     return {"table": table, "gains": gains, "summary": summary, "figures": figures, **counts}
 

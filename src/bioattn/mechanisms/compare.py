@@ -47,15 +47,19 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from bioattn.analysis.figures import save_figure
-from bioattn.analysis.sdt import detection_metrics_batch
-from bioattn.attention.gains import Modulation, feature_gain
-from bioattn.attention.values import layer_values, load_values, save_values, variable_name
+from bioattn.attention.gains import Modulation
+from bioattn.attention.rules import FeatureGain, ValueSource
+from bioattn.attention.values import compute_values, load_values, save_values, variable_name
 from bioattn.cache import atomic_write_bytes
 from bioattn.data.clutter import make_cluttered
 from bioattn.data.imageset import ImageSet
 from bioattn.data.tasks import TaskSet
 from bioattn.errors import ConfigError
-from bioattn.experiments.engine import SweepEngine, target_logits
+from bioattn.experiments.engine import target_logits
+from bioattn.experiments.evaluate import ModulationEvaluator, make_evaluator
+from bioattn.experiments.grid import Condition, Grid, LayerSetting
+from bioattn.experiments.run import PerformanceSink, run
+from bioattn.experiments.runfolder import write_run_config
 from bioattn.experiments.sweep import DEFAULT_BETAS, SweepConfig, build_test_sets
 from bioattn.mechanisms.common import (
     CuedSet,
@@ -218,28 +222,28 @@ def _split(logits: torch.Tensor, tasks: Mapping[str, TaskSet]) -> dict[str, torc
 
 
 def _select_fsgm(
-    engine: SweepEngine,
-    values: xr.Dataset,
-    method: str,
-    image_type: str,
-    category: str,
+    evaluator: ModulationEvaluator,
+    source: ValueSource,
+    rule: FeatureGain,
     layers: Sequence[LayerInfo],
     betas: Sequence[float],
     select: TaskSet,
-) -> tuple[LayerInfo | None, float]:
-    """(layer, β) with the best performance on ``select``; ties go to β = 0, then order."""
-    keys = [(layer, beta) for layer in layers for beta in betas if beta != 0.0]
-    name = variable_name(method, image_type)
-    conditions = [
-        {layer: Modulation(scale=feature_gain(layer_values(values, name, category, layer), beta))}
-        for layer, beta in keys
-    ]
-    logits = torch.cat(
-        [engine.baseline_logits(select).unsqueeze(0), engine.condition_logits(select, conditions)]
-    )
-    performance = detection_metrics_batch(logits, select.is_target)["performance"]
-    best = int(np.argmax(performance))
-    return (None, 0.0) if best == 0 else keys[best - 1]
+) -> Condition | None:
+    """The (layer, β) condition with the best performance on ``select`` (None: β = 0 is best);
+    ties go to β = 0, then to grid order."""
+    grid = Grid.of([LayerSetting.single(layer) for layer in layers], [rule], betas)
+    sink = PerformanceSink("selection")
+    run({0: select}, grid, evaluator, sink, source, progress=False)
+    candidates: list[Condition | None] = [None]
+    performance = [sink.rows[0]["performance"]]
+    for row, condition in zip(
+        (r for r in sink.rows if r["beta"] != 0.0),
+        (c for s in grid.settings for c in grid.conditions(s)),
+        strict=True,
+    ):
+        candidates.append(condition)
+        performance.append(row["performance"])
+    return candidates[int(np.argmax(performance))]
 
 
 def _optimal_choice(results: Sequence[OptimalGains], k: int) -> tuple[OptimalGains | None, float]:
@@ -389,7 +393,6 @@ def compare_mechanisms(
 
     ``extra`` entries (e.g. the model's metrics) are added to ``config.json``.
     """
-    from bioattn.experiments.replication import environment_info
 
     out_dir = Path(out_dir)
     folder, figures = out_dir / "checkpoints", out_dir / "figures"
@@ -411,7 +414,8 @@ def compare_mechanisms(
     k_all = len(detectors.categories)
     cat_index = [detectors.index(c) for c in categories]
     betas = sorted({0.0, *(float(b) for b in config.betas)})
-    engine = SweepEngine(network, detectors)
+    evaluator = make_evaluator(network, detectors)
+    source = ValueSource(values)
     rows: list[dict[str, object]] = []
     correlations: list[pd.DataFrame] = []
     timings: dict[str, float] = {}
@@ -445,17 +449,19 @@ def compare_mechanisms(
         for method in ("tuning", "gradient"):
             step = time.perf_counter()
             for c in categories:
-                layer, beta = _select_fsgm(
-                    engine, values, method, image_type, c, layers, betas, selection_tasks[c]
+                chosen = _select_fsgm(
+                    evaluator, source, FeatureGain(method), layers, betas, selection_tasks[c]
                 )
-                if layer is None:
+                if chosen is None:
                     logits = baseline[c]
                 else:
-                    v = layer_values(values, variable_name(method, image_type), c, layer)
-                    mod = {layer: Modulation(scale=feature_gain(v, beta))}
-                    logits = target_logits(network, detectors, tasks[c], mod)
+                    mods = chosen.modulations(source, tasks[c])
+                    logits = target_logits(network, detectors, tasks[c], mods)
                 for row in _rows_for({c: logits}, tasks, image_type, f"fsgm-{method}"):
-                    row.update(layer=layer.alias if layer else "", beta=beta)
+                    row.update(
+                        layer=chosen.setting.name if chosen else "",
+                        beta=chosen.beta if chosen else 0.0,
+                    )
                     rows.append(row)
             timed(f"fsgm-{method}", time.perf_counter() - step)
 
@@ -593,15 +599,14 @@ def compare_mechanisms(
     atomic_write_bytes(out_dir / "ram_clutter.json", json.dumps(clutter, indent=2).encode())
     paths += plot_comparison(summary, figures / "comparison")
     paths += [out_dir / n for n in ("comparison.csv", "comparison_by_category.csv")]
-    run_config = {
-        "comparison": config.to_dict(),
-        "model": network.name,
-        **(extra or {}),
-        "environment": environment_info(),
-        "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
-        "ram_clutter": clutter,
-    }
-    atomic_write_bytes(out_dir / "config.json", json.dumps(run_config, indent=2).encode())
+    write_run_config(
+        out_dir,
+        "mechanisms",
+        {"comparison": config.to_dict()},
+        model={"name": network.name, **(extra or {})},
+        results={"ram_clutter": clutter},
+        timings=timings,
+    )
     return ComparisonResult(by_category, summary, corr, clutter, timings, paths)
 
 
@@ -633,7 +638,6 @@ def run_comparison(
     and versions.
     """
     from bioattn.data.fashion_mnist import load_fashion_mnist
-    from bioattn.experiments.replication import compute_values
     from bioattn.models.train import load_default
 
     out_dir = Path(out_dir)

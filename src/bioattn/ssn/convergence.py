@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from bioattn.experiments.runfolder import environment_info
 from bioattn.models.network import Network
 from bioattn.ssn.builder import conv_output, ssn_blocks
 from bioattn.ssn.layer import SSNParams
@@ -170,7 +171,6 @@ def run_ssn_benchmark(
 
     from bioattn.data.fashion_mnist import load_fashion_mnist
     from bioattn.data.tasks import make_task_set
-    from bioattn.experiments.replication import environment_info
     from bioattn.ssn.experiments import build_default_ssn, write_json
 
     out_dir = Path(out_dir)

@@ -30,12 +30,13 @@ from matplotlib.figure import Figure
 
 from bioattn.analysis.figures import method_colors, plot_performance_increase, save_figure
 from bioattn.attention.rules import parse_rules
-from bioattn.attention.values import save_values, tuning_values
+from bioattn.attention.values import compute_values, save_values, tuning_values
 from bioattn.cache import atomic_write_bytes
 from bioattn.data.fashion_mnist import load_fashion_mnist
 from bioattn.data.imageset import ImageSet, balanced_subset, resolve_category
 from bioattn.errors import ConfigError
 from bioattn.experiments.grid import ALL_LAYERS
+from bioattn.experiments.runfolder import write_run_config, write_tables
 from bioattn.experiments.sweep import SweepConfig, resolve_sweep, run_sweep
 from bioattn.models.detectors import Detectors, evaluate_detectors
 from bioattn.models.network import Network
@@ -259,7 +260,6 @@ def run_ssn_replication(
     ``comparison.png``/``.svg``, ``findings.json`` and ``config.json``. Returns the summaries,
     the findings and the timings.
     """
-    from bioattn.experiments.replication import compute_values, environment_info, write_tables
     from bioattn.models.train import load_default
 
     out_dir = Path(out_dir)
@@ -379,25 +379,24 @@ def run_ssn_replication(
     timings["total"] = time.perf_counter() - started
     write_json(out_dir / "findings.json", findings)
     first_ssn = next(iter(ssn_blocks(ssn_network).values())).ssn
-    write_json(
-        out_dir / "config.json",
+    write_run_config(
+        out_dir,
+        "ssn-replication",
         {
             "sweep": base.to_dict(),
             "ssn_betas": list(ssn_betas),
             "attention": asdict(attention),
             "ssn_params": first_ssn.params.to_dict(),
             "ssn_layers": list(ssn_blocks(ssn_network)),
-            "calibration": calibration,
-            "accuracy_on_test_images": accuracy,
             "n_check_per_category": n_check_per_category,
             "n_reference_per_category": n_reference_per_category,
             "n_detector_per_category": n_detector_per_category,
             "n_tuning_per_category": n_tuning_per_category,
             "gradient_set_size": gradient_set_size,
-            "ssn_failures": failures,
-            "environment": environment_info(),
-            "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
         },
+        model={"name": ssn_network.name, "calibration": calibration},
+        results={"accuracy_on_test_images": accuracy, "ssn_failures": failures},
+        timings=timings,
     )
     return {
         "ssn_summary": ssn_summary,

@@ -1,0 +1,190 @@
+"""``prepare(config) -> Experiment``: the one way to get a model ready for any experiment.
+
+Every command and every experiment starts here: the network (the trained default, a zoo model
+with its weights, or a user callable), its binary detectors, the training and test images, and
+(when asked) the tuning and gradient values, all loaded, checked against each other and placed
+on the configured device at the configured precision. What is fitted here is kept in the run
+folder (``detectors.safetensors``, ``values.nc``) so that later runs and worker processes reuse
+exactly the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from bioattn.attention.values import compute_values, load_values, save_values
+from bioattn.data.fashion_mnist import load_fashion_mnist
+from bioattn.data.image_folder import load_image_folder
+from bioattn.data.imageset import ImageSet, balanced_subset
+from bioattn.errors import ConfigError, DataError
+from bioattn.experiments.config import DataSection, ExperimentConfig, load_config
+from bioattn.models.detectors import Detectors, fit_detectors
+from bioattn.models.network import Network
+from bioattn.models.train import TrainSettings, load_default
+from bioattn.models.zoo import build_network
+
+__all__ = ["Experiment", "load_images", "prepare", "with_overrides"]
+
+
+@dataclass
+class Experiment:
+    """A model ready for experiments: network, detectors, images and (optionally) values.
+
+    ``model_info`` describes the network for results folders (name, weights, training metrics,
+    cache path); ``values`` is ``None`` when :func:`prepare` was asked not to compute them.
+    """
+
+    config: ExperimentConfig
+    network: Network
+    detectors: Detectors
+    train_images: ImageSet
+    test_images: ImageSet
+    values: xr.Dataset | None = None
+    run_dir: Path = Path("runs/sweep")
+    model_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_default(self) -> bool:
+        """Whether the network is the trained default (fashion-vgg on Fashion-MNIST)."""
+        return _is_default(self.config)
+
+
+def _is_default(config: ExperimentConfig) -> bool:
+    return config.model.spec == "fashion-vgg" and not config.model.weights
+
+
+def load_images(data: DataSection) -> tuple[ImageSet, ImageSet]:
+    """The training and test images of a ``[data]`` section."""
+    if data.kind == "fashion-mnist":
+        directory = data.path or None
+        return load_fashion_mnist("train", directory), load_fashion_mnist("test", directory)
+    root = Path(data.path).expanduser()
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DataError(
+                f"image folder {root} needs a {split}/ sub-folder with one sub-folder of images "
+                "per category (the same categories in train/ and test/)"
+            )
+    train = load_image_folder(root / "train", size=data.size, resize=data.resize)
+    test = load_image_folder(root / "test", size=data.size, resize=data.resize)
+    if train.categories != test.categories:
+        raise DataError(
+            f"train/ and test/ of {root} hold different categories: {list(train.categories)} vs "
+            f"{list(test.categories)}"
+        )
+    return train, test
+
+
+def prepare(
+    config: ExperimentConfig | str | Path | None = None,
+    *,
+    values: bool = True,
+    image_types: tuple[str, ...] | None = None,
+    run_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Experiment:
+    """Load (or fit once and keep in the run folder) everything an experiment needs.
+
+    ``config`` is an :class:`ExperimentConfig`, the path of a TOML file, or ``None`` for the
+    defaults (the trained default network on Fashion-MNIST). The default network with no
+    weights file is the trained default (trained and cached on first use). Other networks get
+    detectors fitted on ``data.detector_images`` training images per category, saved as
+    ``RUN/detectors.safetensors``. With ``values`` the tuning and gradient values (for
+    ``image_types``, default the sweep's) are read from ``[values] path`` or computed once
+    into ``RUN/values.nc``. ``run_dir`` defaults to ``[run] out``.
+    """
+    if config is None:
+        config = ExperimentConfig()
+    elif not isinstance(config, ExperimentConfig):
+        config = load_config(config)
+    run = Path(run_dir) if run_dir is not None else Path(config.run.out)
+    train, test = load_images(config.data)
+    if _is_default(config):
+        if config.data.kind != "fashion-mnist":
+            raise ConfigError(
+                "the trained default network (fashion-vgg without weights) goes with "
+                "[data] kind = 'fashion-mnist'; give [model] weights for other data"
+            )
+        trained = load_default(
+            TrainSettings(seed=config.model.seed), config.data.path or None, progress=progress
+        )
+        network, detectors = trained.network, trained.detectors
+        model_info = {
+            "name": network.name,
+            "seed": config.model.seed,
+            "metrics": trained.metrics,
+            "cache": str(trained.path),
+        }
+    else:
+        network = build_network(
+            config.model.spec, config.model.weights or None, seed=config.model.seed
+        )
+        detectors_path = run / "detectors.safetensors"
+        if detectors_path.exists():
+            detectors = Detectors.load(detectors_path)
+        else:
+            fit_on = balanced_subset(train, config.data.detector_images, seed=config.model.seed)
+            detectors = fit_detectors(
+                network.readout_features(fit_on.images), fit_on.labels, fit_on.categories
+            )
+            run.mkdir(parents=True, exist_ok=True)
+            detectors.save(detectors_path)
+        model_info = {
+            "name": network.name,
+            "spec": config.model.spec,
+            "weights": config.model.weights,
+            "seed": config.model.seed,
+            "detectors": str(detectors_path),
+        }
+    network.to(config.model.device)
+    model_info["device"] = str(network.device)
+    if tuple(detectors.categories) != tuple(train.categories):
+        raise ConfigError(
+            f"the detectors are for categories {list(detectors.categories)} but the data has "
+            f"{list(train.categories)}; remove {run / 'detectors.safetensors'} to refit them"
+        )
+    experiment = Experiment(config, network, detectors, train, test, None, run, model_info)
+    if values:
+        experiment.values = _values(experiment, image_types, progress)
+    network.precision = config.model.precision  # detectors and values stay float32
+    return experiment
+
+
+def _values(
+    experiment: Experiment, image_types: tuple[str, ...] | None, progress: bool
+) -> xr.Dataset:
+    config = experiment.config
+    values_path = (
+        Path(config.values.path) if config.values.path else experiment.run_dir / "values.nc"
+    )
+    if values_path.exists():
+        return load_values(values_path, experiment.network)
+    if config.values.path:
+        raise ConfigError(f"[values] path {values_path} does not exist")
+    types = config.sweep.image_types if image_types is None else image_types
+    values = compute_values(
+        experiment.network,
+        experiment.detectors,
+        experiment.train_images,
+        [t for t in types if t != "noise"],
+        gradient_set_size=config.values.gradient_images,
+        seed=config.sweep.seed,
+        progress=progress,
+    )
+    save_values(values, values_path)
+    return values
+
+
+def with_overrides(config: ExperimentConfig, **sections: dict[str, Any]) -> ExperimentConfig:
+    """``config`` with the given fields replaced per section, e.g. ``model={"device": "cuda"}``;
+    ``None`` values are left out (flags that were not given)."""
+    changes = {}
+    for name, fields in sections.items():
+        given = {k: v for k, v in fields.items() if v is not None}
+        if given:
+            changes[name] = replace(getattr(config, name), **given)
+    return replace(config, **changes)
