@@ -21,7 +21,6 @@ The orientation part of Lindsay & Miller (2018) on the default network:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -32,7 +31,6 @@ import torch
 import xarray as xr
 
 from bioattn.attention.values import add_gradient_values, save_values, tuning_values
-from bioattn.cache import atomic_write_bytes
 from bioattn.data.composites import QUADRANTS
 from bioattn.data.gratings import (
     ORIENTATION_NAMES,
@@ -44,7 +42,7 @@ from bioattn.data.gratings import (
 )
 from bioattn.data.tasks import TaskSet
 from bioattn.errors import ConfigError
-from bioattn.experiments.runfolder import plot_run, write_tables
+from bioattn.experiments.runfolder import plot_run, write_run_config, write_tables
 from bioattn.experiments.sweep import SweepConfig, run_sweep
 from bioattn.models.detectors import Detectors, evaluate_detectors, fit_detectors
 from bioattn.models.network import Network
@@ -271,24 +269,21 @@ def run_orientation(
     criterion_sensitivity = criterion_sensitivity_table(spatial_table)
     criterion_sensitivity.to_csv(out_dir / "spatial" / "criterion_sensitivity.csv", index=False)
     elapsed = time.perf_counter() - started
-    atomic_write_bytes(
-        out_dir / "orientation_config.json",
-        json.dumps(
-            {
-                "orientation": asdict(config),
-                "spatial_layer": spatial_layer.alias,
-                "detector_balanced_accuracy": dict(
-                    zip(
-                        detector_table["category"],
-                        detector_table["balanced_accuracy"].round(4),
-                        strict=True,
-                    )
-                ),
-                "seconds": round(elapsed, 1),
-            },
-            indent=2,
-            default=str,
-        ).encode(),
+    write_run_config(
+        out_dir,
+        "orientation",
+        {"orientation": asdict(config), "spatial_layer": spatial_layer.alias},
+        model={"name": network.name},
+        results={
+            "detector_balanced_accuracy": dict(
+                zip(
+                    detector_table["category"],
+                    detector_table["balanced_accuracy"].round(4),
+                    strict=True,
+                )
+            )
+        },
+        timings={"total": elapsed},
     )
     return {
         "detectors": detector_table,
