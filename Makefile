@@ -37,6 +37,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/recording.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
