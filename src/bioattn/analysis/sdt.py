@@ -40,6 +40,20 @@ __all__ = [
 
 #: Columns that identify one gain (one row of :func:`performance_gains`).
 GAIN_KEYS: tuple[str, ...] = ("task", "image_type", "category", "layer", "layer_number", "method")
+#: Columns of :func:`performance_gains` besides :data:`GAIN_KEYS`.
+GAIN_COLUMNS: tuple[str, ...] = (
+    "baseline",
+    "best_beta",
+    "best_performance",
+    "delta_pp",
+    "baseline_dprime",
+    "best_dprime",
+    "delta_dprime",
+    "baseline_criterion",
+    "best_criterion",
+    "delta_criterion",
+    "n_betas",
+)
 #: Columns that identify one row of :func:`layer_summary` (gains averaged over categories).
 SUMMARY_KEYS: tuple[str, ...] = ("task", "image_type", "layer", "layer_number", "method")
 
@@ -229,20 +243,7 @@ def performance_gains(table: pd.DataFrame) -> pd.DataFrame:
         df["dprime"], df["criterion"] = d, c
     df["beta"] = df["beta"].astype(float)
     if df.empty:
-        extra = [
-            "baseline",
-            "best_beta",
-            "best_performance",
-            "delta_pp",
-            "baseline_dprime",
-            "best_dprime",
-            "delta_dprime",
-            "baseline_criterion",
-            "best_criterion",
-            "delta_criterion",
-            "n_betas",
-        ]
-        return pd.DataFrame(columns=[*keys, *extra])
+        return pd.DataFrame(columns=[*keys, *GAIN_COLUMNS])
 
     dup = df.duplicated(subset=[*keys, "beta"], keep=False)
     if dup.any():
@@ -292,21 +293,7 @@ def performance_gains(table: pd.DataFrame) -> pd.DataFrame:
     out["delta_pp"] = 100.0 * (out["best_performance"] - out["baseline"])
     out["delta_dprime"] = out["best_dprime"] - out["baseline_dprime"]
     out["delta_criterion"] = out["best_criterion"] - out["baseline_criterion"]
-    columns = [
-        *keys,
-        "baseline",
-        "best_beta",
-        "best_performance",
-        "delta_pp",
-        "baseline_dprime",
-        "best_dprime",
-        "delta_dprime",
-        "baseline_criterion",
-        "best_criterion",
-        "delta_criterion",
-        "n_betas",
-    ]
-    return out[columns].reset_index(drop=True)
+    return out[[*keys, *GAIN_COLUMNS]].reset_index(drop=True)
 
 
 def _sem(values: pd.Series) -> float:

@@ -151,10 +151,6 @@ class GainRule(ABC):
         return self.name
 
 
-def _feature_name(kind: str, shuffled: bool, positive_only: bool) -> str:
-    return ("shuffled-" if shuffled else "") + kind + ("-positive" if positive_only else "")
-
-
 def _check_kind(kind: str, shuffled: bool, positive_only: bool) -> None:
     if kind not in VALUE_KINDS:
         raise ConfigError(f"unknown value type {kind!r}; valid: {', '.join(VALUE_KINDS)}")
@@ -163,8 +159,8 @@ def _check_kind(kind: str, shuffled: bool, positive_only: bool) -> None:
 
 
 @dataclass(frozen=True)
-class FeatureGain(GainRule):
-    """Feature similarity gain ``max(0, 1 + β·v)`` per map, the same at every position."""
+class _ValuedGain(GainRule):
+    """A rule that reads per-map values of one kind, optionally shuffled or positive-only."""
 
     kind: str = "tuning"
     shuffled: bool = False
@@ -174,8 +170,22 @@ class FeatureGain(GainRule):
         _check_kind(self.kind, self.shuffled, self.positive_only)
 
     @property
+    def feature_name(self) -> str:
+        """``[shuffled-]kind[-positive]``."""
+        return (
+            ("shuffled-" if self.shuffled else "")
+            + self.kind
+            + ("-positive" if self.positive_only else "")
+        )
+
+
+@dataclass(frozen=True)
+class FeatureGain(_ValuedGain):
+    """Feature similarity gain ``max(0, 1 + β·v)`` per map, the same at every position."""
+
+    @property
     def name(self) -> str:
-        return _feature_name(self.kind, self.shuffled, self.positive_only)
+        return self.feature_name
 
     def modulation(self, source, image_type, category, layer, beta, quadrant=None):
         v = self.vector(source, image_type, category, layer)
@@ -183,19 +193,12 @@ class FeatureGain(GainRule):
 
 
 @dataclass(frozen=True)
-class ResponseGain(GainRule):
+class ResponseGain(_ValuedGain):
     """Additive response gain ``β·v·B_l`` per map (B_l: :meth:`ValueSource.scale`)."""
-
-    kind: str = "tuning"
-    shuffled: bool = False
-    positive_only: bool = False
-
-    def __post_init__(self) -> None:
-        _check_kind(self.kind, self.shuffled, self.positive_only)
 
     @property
     def name(self) -> str:
-        return "response-" + _feature_name(self.kind, self.shuffled, self.positive_only)
+        return "response-" + self.feature_name
 
     def needed_values(self, image_type: str) -> list[str]:
         return [*super().needed_values(image_type), "mean_activity"]
