@@ -148,7 +148,11 @@ def test_recording_is_unchanged(setup, tmp_path, engine):
     assert new.attrs == old.attrs
     for name in old.variables:
         if old[name].dtype.kind in "fc" and engine == "batched":
-            # the engine's tails agree with full passes to float32 rounding
-            np.testing.assert_allclose(new[name].values, old[name].values, rtol=1e-5, atol=1e-6)
+            # the engine's tails agree with full passes to float32 rounding (relative to the
+            # variable's largest magnitude, as the engine's own tests measure it)
+            scale = float(np.nanmax(np.abs(old[name].values)))
+            np.testing.assert_allclose(
+                new[name].values, old[name].values, rtol=1e-5, atol=1e-5 * scale, err_msg=name
+            )
         else:
             np.testing.assert_array_equal(new[name].values, old[name].values, err_msg=name)

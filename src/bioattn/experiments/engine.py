@@ -26,6 +26,11 @@ so logits agree with the naive path to float32 rounding (tests check ≤ 1e-5).
 
 Models that ``torch.fx`` cannot trace, or whose structure the split does not support, fall back to
 the naive path with a warning (once per model class), so the engine is always safe to use.
+
+:meth:`SweepEngine.condition_readings` also returns *readings* of chosen layers' activity (a
+probe such as :class:`bioattn.experiments.evaluate.Probe`): the tails return the probed layers'
+activity beside the features (probed tails apply no in-place ReLUs), and layers before the split
+are read once per task from the unattended pass, since attention does not change them.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ import warnings
 import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, is_dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import fx, nn
@@ -50,6 +57,7 @@ from bioattn.models.recording import capture_activity
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_MEMORY_BUDGET",
+    "ProbeLike",
     "SweepEngine",
     "available_memory",
     "naive_condition_logits",
@@ -108,6 +116,28 @@ def available_memory() -> int | None:
     return None
 
 
+class ProbeLike(Protocol):
+    """What :meth:`SweepEngine.condition_readings` reads (as
+    :class:`bioattn.experiments.evaluate.Probe`).
+
+    ``reduce`` turns per-layer activity (R, C, H, W) keyed by alias into readings (R, …):
+    ``maps_<alias>`` keys hold one layer each; every other key concatenates the layers of
+    ``layers`` along dim 1, each over its C units. The engine splits a probe by layer with
+    :func:`dataclasses.replace` (other probes run the naive path).
+    """
+
+    @property
+    def layers(self) -> Sequence[LayerInfo]: ...
+
+    @property
+    def full_maps(self) -> Sequence[LayerInfo]: ...
+
+    @property
+    def hooked(self) -> list[LayerInfo]: ...
+
+    def reduce(self, activity: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
 class _SplitError(Exception):
     """The network cannot be split for this set of attended layers."""
 
@@ -150,6 +180,8 @@ class _Plan:
     n_boundary: int
     tail: _Tail
     reused: bool  # an attended activation module is called more than once
+    probed: tuple[LayerInfo, ...] = ()  # layers whose activity the tail returns after features
+    start_probed: bool = False  # the start layer is probed (read from the modulated start rows)
 
 
 class _Tracer(fx.Tracer):
@@ -233,9 +265,10 @@ class _Splitter:
     ) -> _Tail:
         """A GraphModule computing ``outputs`` from ``inputs``, with modulations after nodes.
 
-        Returns a single tensor for one output (flattened from dim 1 with ``flatten``, as the
-        readout hook does), else a tuple. With ``inplace_relu``, ReLU modules whose input is
-        used by nothing else become in-place ``torch.relu_`` calls (same values, no new buffer).
+        Returns a single tensor for one output, else a tuple; ``flatten`` flattens the first
+        output from dim 1, as the readout hook does. With ``inplace_relu``, ReLU modules whose
+        input is used by nothing else become in-place ``torch.relu_`` calls (same values, no new
+        buffer).
         """
         modulated = modulated or {}
         stop = set(inputs)
@@ -275,7 +308,7 @@ class _Splitter:
             env[node] = copy
         results = [env[node] for node in outputs]
         if flatten:
-            results = [graph.call_function(torch.flatten, (r, 1)) for r in results]
+            results[0] = graph.call_function(torch.flatten, (results[0], 1))
         graph.output(results[0] if len(results) == 1 else tuple(results))
         return _Tail(fx.GraphModule(attributes, graph), hooks)
 
@@ -288,8 +321,13 @@ class _Splitter:
         source = node.args[0]
         return isinstance(source, fx.Node) and source in computed and len(source.users) == 1
 
-    def plan(self, layers: Sequence[LayerInfo]) -> _Plan:
-        """Head and tail for attention at ``layers`` (split at the earliest of them)."""
+    def plan(self, layers: Sequence[LayerInfo], probed: Sequence[LayerInfo] = ()) -> _Plan:
+        """Head and tail for attention at ``layers`` (split at the earliest of them).
+
+        With ``probed`` layers the tail also returns, after the features, the (modulated)
+        activity of those after the split (in their order); such a tail applies no in-place
+        ReLUs. Probed layers before the split are left out (attention does not change them).
+        """
         modulated: dict[fx.Node, LayerInfo] = {}
         for layer in layers:
             nodes = self.layer_nodes.get(layer.activation, [])
@@ -300,9 +338,25 @@ class _Splitter:
         inner = {node: layer for node, layer in modulated.items() if node is not start}
         boundary = self.boundary(start)
         head = self.extract([self.input], boundary).module
-        tail = self.extract(boundary, [self.readout_input], inner, flatten=True, inplace_relu=True)
+        after: list[LayerInfo] = []
+        start_probed = False
+        for layer in probed:
+            nodes = self.layer_nodes.get(layer.activation, [])
+            if len(nodes) != 1:
+                raise _SplitError(
+                    f"probed activation {layer.activation!r} is called {len(nodes)} times, not once"
+                )
+            if nodes[0] is start:
+                start_probed = True
+            elif self.order[nodes[0]] > self.order[start]:
+                after.append(layer)
+        outputs = [self.readout_input, *(self.layer_nodes[la.activation][0] for la in after)]
+        # (the start rows are a placeholder, which no in-place ReLU writes to)
+        tail = self.extract(boundary, outputs, inner, flatten=True, inplace_relu=not after)
         reused = len(modulated) > len(layers)
-        return _Plan(modulated[start], head, len(boundary), tail, reused)
+        return _Plan(
+            modulated[start], head, len(boundary), tail, reused, tuple(after), start_probed
+        )
 
 
 def _get_attr(module: nn.Module, target: str) -> object:
@@ -378,6 +432,93 @@ class _PeakProbe(fx.Interpreter):
         return peak
 
 
+class _Reader:
+    """Writes a probe's readings of the layers a tail reads into (M, N, …) buffers.
+
+    The buffers start as the unattended readings; per chunk, the readings of the layers at and
+    after the split (a sub-probe of those layers) overwrite their parts: their columns of the
+    unit-concatenated keys (``mean``, ``quadrant``) and their ``maps_<alias>`` entries.
+    """
+
+    def __init__(
+        self,
+        probe: ProbeLike,
+        plan: _Plan,
+        buffers: dict[str, torch.Tensor],
+        index: torch.Tensor,
+        shapes: Mapping[str, tuple[int, ...]],
+    ) -> None:
+        split = {la.alias for la in plan.probed}
+        if plan.start_probed:
+            split.add(plan.start_layer.alias)
+        means = tuple(la for la in probe.layers if la.alias in split)
+        maps = tuple(la for la in probe.full_maps if la.alias in split)
+        self.buffers = buffers
+        self.index = index  # rows of the buffers for this group's conditions
+        self.has_means = bool(means)
+        self.probe: ProbeLike | None = None
+        if means == tuple(probe.layers) and maps == tuple(probe.full_maps):
+            self.probe = probe
+        elif means or maps:
+            if not is_dataclass(probe) or isinstance(probe, type):
+                raise _SplitError("the probe is not a dataclass, so it cannot be split by layer")
+            self.probe = replace(probe, layers=means or maps, full_maps=maps)  # type: ignore[type-var]
+        # (buffer columns, sub-probe columns) of each run of split layers in probe.layers
+        self.columns: list[tuple[slice, slice]] = []
+        total = width = 0
+        for layer in probe.layers:
+            units = shapes[layer.alias][0]
+            if layer.alias in split:
+                start = total
+                if self.columns and self.columns[-1][0].stop == total:  # extend the last run
+                    start = self.columns.pop()[0].start
+                self.columns.append(
+                    (slice(start, total + units), slice(start - total + width, width + units))
+                )
+                width += units
+            total += units
+        self.width = width
+        #: Bytes per row of the full maps a chunk's readings copy.
+        self.row_bytes = sum(4 * int(torch.Size(shapes[la.alias]).numel()) for la in maps)
+
+    def read(
+        self,
+        plan: _Plan,
+        out: torch.Tensor | tuple[torch.Tensor, ...],
+        start_rows: torch.Tensor,
+        m0: int,
+        m1: int,
+        n0: int,
+        n1: int,
+    ) -> torch.Tensor:
+        """Store the readings of one chunk (conditions m0..m1 × images n0..n1) from the tail's
+        outputs ``out`` and the modulated ``start_rows``; return the readout features."""
+        if plan.probed:
+            features, *values = out
+        else:
+            features, values = out, []
+        assert isinstance(features, torch.Tensor)
+        if self.probe is None:
+            return features
+        activity = {la.alias: v for la, v in zip(plan.probed, values, strict=True)}
+        if plan.start_probed:
+            activity[plan.start_layer.alias] = start_rows
+        rows = self.index[m0:m1]
+        for key, value in self.probe.reduce(activity).items():
+            value = value.reshape(m1 - m0, n1 - n0, *value.shape[1:])
+            target = self.buffers.get(key)
+            if target is None:
+                raise _SplitError(f"the probe's reading {key!r} is not in its unattended readings")
+            if key.startswith("maps_"):
+                target[rows, n0:n1] = value
+            elif self.has_means:
+                if value.ndim < 3 or value.shape[2] != self.width:
+                    raise _SplitError(f"the probe's reading {key!r} is not per unit")
+                for columns, part in self.columns:
+                    target[rows, n0:n1, columns] = value[:, :, part]
+        return features
+
+
 class SweepEngine:
     """Detector logits for many attention conditions on one task set, computed efficiently.
 
@@ -429,10 +570,14 @@ class SweepEngine:
         self.batch_size = batch_size
         self.channels_last = channels_last
         self.keep_activity = keep_activity
-        self._plans: dict[tuple[int, ...], _Plan | None] = {}
+        self._plans: dict[tuple, _Plan | None] = {}
         self._sizes: dict[tuple, tuple[int, int]] = {}
         self._shapes: dict[tuple, dict[str, tuple[int, ...]]] = {}
         self._activity: tuple[weakref.ref, dict[str, torch.Tensor]] | None = None
+        # the unattended logits and readings of the last (task, probe) read
+        self._unattended: (
+            tuple[weakref.ref, ProbeLike, torch.Tensor, dict[str, torch.Tensor]] | None
+        ) = None
         #: Work done so far, for benchmarks: images through full forward passes
         #: (``("full", "", image shape)``) and through heads (``("head", start layer alias,
         #: image shape)``), rows (condition × image) through tails (``("tail", ...)``).
@@ -530,6 +675,53 @@ class SweepEngine:
         """
         n = task.images.shape[0]
         out = torch.empty(len(conditions), n)
+        resolved, groups = self._group(conditions)
+        for key, indices in groups.items():
+            if not key:
+                out[indices] = self.baseline_logits(task).unsqueeze(0).expand(len(indices), n)
+            else:
+                out[indices] = self._run_group(task, [resolved[i] for i in indices])
+        return out
+
+    def condition_readings(
+        self,
+        task: TaskSet,
+        conditions: Sequence[Mapping[LayerInfo | str | int, Modulation]],
+        probe: ProbeLike,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Target logits (M, N) and ``probe``'s readings (M, N, …) under each of M conditions.
+
+        Logits are those of :meth:`condition_logits`; readings are ``probe.reduce`` of each
+        probed layer's activity as the network goes on to use it (modulated where attention
+        acts), as one full hooked pass per condition gives them
+        (:class:`bioattn.experiments.evaluate.ModulationEvaluator` without an engine). Layers
+        before a condition's earliest attended layer are unchanged by it: their readings come
+        from one unattended pass per (task, probe), which also keeps every layer's activity (as
+        :meth:`baseline_logits` does) and gives the rows of empty conditions. The other layers
+        are read from the tails. Where the network cannot be split (or a probed or attended
+        activation module is called more than once) conditions run one full pass each.
+        """
+        n = task.images.shape[0]
+        logits = torch.empty(len(conditions), n)
+        if not conditions:
+            return logits, {}
+        resolved, groups = self._group(conditions)
+        base_logits, base = self._unattended_readings(task, probe)
+        m = len(conditions)
+        readings = {k: v.unsqueeze(0).expand(m, *v.shape).clone() for k, v in base.items()}
+        for key, indices in groups.items():
+            if not key:
+                logits[indices] = base_logits
+            else:
+                group = [resolved[i] for i in indices]
+                self._read_group(task, group, torch.tensor(indices), probe, logits, readings)
+        return logits, readings
+
+    def _group(
+        self, conditions: Sequence[Mapping[LayerInfo | str | int, Modulation]]
+    ) -> tuple[list[dict[LayerInfo, Modulation]], dict[tuple, list[int]]]:
+        """Conditions with resolved layers, and the indices of each group of conditions with the
+        same layers and modulation structure (the empty key: unattended conditions)."""
         groups: dict[tuple, list[int]] = {}
         resolved: list[dict[LayerInfo, Modulation]] = []
         for i, condition in enumerate(conditions):
@@ -548,21 +740,25 @@ class SweepEngine:
                 )
             )
             groups.setdefault(key, []).append(i)
-        for key, indices in groups.items():
-            if not key:
-                out[indices] = self.baseline_logits(task).unsqueeze(0).expand(len(indices), n)
-            else:
-                out[indices] = self._run_group(task, [resolved[i] for i in indices])
-        return out
+        return resolved, groups
 
     # --- one group of conditions with the same layers and modulation structure ------------
-    def _plan(self, layers: Sequence[LayerInfo]) -> _Plan | None:
-        key = tuple(sorted(layer.number for layer in layers))
+    @staticmethod
+    def _plan_key(layers: Sequence[LayerInfo], probed: Sequence[LayerInfo] = ()) -> tuple:
+        key: tuple = tuple(sorted(layer.number for layer in layers))
+        if probed:
+            key = (key, tuple(layer.number for layer in probed))
+        return key
+
+    def _plan(self, layers: Sequence[LayerInfo], probed: Sequence[LayerInfo] = ()) -> _Plan | None:
+        """The (cached) plan for attention at ``layers``, reading ``probed`` layers; None where
+        the network cannot be split."""
+        key = self._plan_key(layers, probed)
         if key not in self._plans:
             plan = None
             if self._splitter is not None:
                 try:
-                    plan = self._splitter.plan(layers)
+                    plan = self._splitter.plan(layers, probed)
                 except _SplitError as error:
                     self._warn(f"cannot split at {[la.alias for la in layers]} ({error})")
             self._plans[key] = plan
@@ -577,22 +773,136 @@ class SweepEngine:
         if plan is not None and cued and plan.reused:
             plan = None  # a spatial cue's map follows the grid of each call of the module
         if plan is not None:
-            shapes = self._activity_shapes(task.images)
-            scales = {
-                la: _stack([_full_scale(c[la], shapes[la.alias]) for c in conditions])
-                for la in layers
-            }
-            shifts = {la: _stack([c[la].shift for c in conditions]) for la in layers}
+            scales, shifts = self._stacks(task, layers, conditions)
             try:
                 with torch.no_grad():
                     return self._run(task, plan, scales, shifts, len(conditions))
             except _SplitError as error:
                 self._warn(f"cannot split at {[la.alias for la in layers]} ({error})")
-                self._plans[tuple(la.number for la in layers)] = None
+                self._plans[self._plan_key(layers)] = None
         self.work["full", "", tuple(task.images.shape[1:])] += len(conditions) * len(task.images)
         return naive_condition_logits(
             self.network, self.detectors, task, conditions, self.batch_size
         )
+
+    def _stacks(
+        self,
+        task: TaskSet,
+        layers: Sequence[LayerInfo],
+        conditions: Sequence[Mapping[LayerInfo, Modulation]],
+    ) -> tuple[dict[LayerInfo, torch.Tensor | None], dict[LayerInfo, torch.Tensor | None]]:
+        """Per-layer scales and shifts of the conditions, stacked (M, a, b, c) (cues included)."""
+        shapes = self._activity_shapes(task.images)
+        scales = {
+            la: _stack([_full_scale(c[la], shapes[la.alias]) for c in conditions]) for la in layers
+        }
+        shifts = {la: _stack([c[la].shift for c in conditions]) for la in layers}
+        return scales, shifts
+
+    # --- readings --------------------------------------------------------------------------
+    def _read_group(
+        self,
+        task: TaskSet,
+        conditions: list[dict[LayerInfo, Modulation]],
+        index: torch.Tensor,
+        probe: ProbeLike,
+        logits: torch.Tensor,
+        readings: dict[str, torch.Tensor],
+    ) -> None:
+        """Logits and readings of one group of conditions, written at rows ``index``."""
+        layers = sorted(conditions[0], key=lambda la: la.number)
+        probed = list(probe.hooked)
+        plan = self._plan(layers, probed)
+        if plan is not None and plan.reused:
+            # a reused module's last call is what a hook reads; the split cannot tell which
+            self._warn(f"cannot read layers with attention at reused {[la.alias for la in layers]}")
+            plan = None
+        if plan is not None:
+            scales, shifts = self._stacks(task, layers, conditions)
+            try:
+                reader = _Reader(probe, plan, readings, index, self._activity_shapes(task.images))
+                with torch.no_grad():
+                    logits[index] = self._run(task, plan, scales, shifts, len(conditions), reader)
+                return
+            except _SplitError as error:
+                self._warn(f"cannot read layers split at {[la.alias for la in layers]} ({error})")
+                self._plans[self._plan_key(layers, probed)] = None
+        for i, condition in zip(index.tolist(), conditions, strict=True):
+            logits[i], row = self._full_pass(task, condition, probe)
+            for key, value in row.items():
+                readings[key][i] = value
+
+    def _unattended_readings(
+        self, task: TaskSet, probe: ProbeLike
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits (N,) and readings (N, …) of the unattended network, cached per (task, probe).
+
+        The pass also keeps every layer's activity for the tails, as :meth:`baseline_logits`
+        does (when it fits in half the memory budget).
+        """
+        if self._unattended is not None:
+            ref, cached_probe, logits, readings = self._unattended
+            if ref() is task and cached_probe == probe:
+                return logits, readings
+        self._unattended = None
+        self._activity = None
+        images = task.images
+        per_image = sum(
+            int(torch.Size(shape).numel()) * 4 for shape in self._activity_shapes(images).values()
+        )
+        keep = (
+            self.keep_activity
+            and self._splitter is not None
+            and images.shape[0] * per_image <= self.memory_budget // 2
+        )
+        logits, readings = self._full_pass(task, {}, probe, keep=keep)
+        self._unattended = (weakref.ref(task), probe, logits, readings)
+        return logits, readings
+
+    def _full_pass(
+        self,
+        task: TaskSet,
+        modulations: Mapping[LayerInfo, Modulation],
+        probe: ProbeLike,
+        keep: bool = False,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits (N,) and readings (N, …) of one full hooked pass per batch (the reference
+        computation); with ``keep``, every layer's activity is kept for ``task`` as well."""
+        images = task.images
+        n = images.shape[0]
+        self.work["full", "", tuple(images.shape[1:])] += n
+        layers = list(dict.fromkeys([*probe.hooked, *(self.network.layers if keep else [])]))
+        kept: dict[str, list[torch.Tensor]] = (
+            {layer.alias: [] for layer in self.network.layers} if keep else {}
+        )
+        features: list[torch.Tensor] = []
+        batches: list[dict[str, torch.Tensor]] = []
+        with ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(modulate(self.network, modulations))  # before the capture hooks
+            store = stack.enter_context(capture_activity(self.network, layers))
+            readout = stack.enter_context(self.network.capture_readout())
+            for start in range(0, n, self.batch_size):
+                self.network.module(
+                    self.network.preprocess(images[start : start + self.batch_size])
+                )
+                features.append(readout.pop())
+                batches.append(probe.reduce(store))
+                for alias, chunks in kept.items():
+                    if alias in store:
+                        chunks.append(self._copy(store[alias]))
+            if features:
+                target = self.detectors.index(task.target_name)
+                logits = self.detectors.logits(torch.cat(features))[:, target]
+            else:
+                logits = torch.empty(0)
+        if keep:
+            self._activity = (
+                weakref.ref(task),
+                {alias: torch.cat(chunks) for alias, chunks in kept.items() if chunks},
+            )
+        readings = {k: torch.cat([b[k] for b in batches]) for k in batches[0]} if batches else {}
+        return logits, readings
 
     def _activity_shapes(self, images: torch.Tensor) -> dict[str, tuple[int, ...]]:
         """(C, H, W) of every layer's activity for images of this size (one-image probe)."""
@@ -696,9 +1006,11 @@ class SweepEngine:
         scales: Mapping[LayerInfo, torch.Tensor | None],
         shifts: Mapping[LayerInfo, torch.Tensor | None],
         m: int,
+        reader: _Reader | None = None,
     ) -> torch.Tensor:
         """Logits (m, N): the start activity (kept from the baseline pass, else a head pass per
-        image block), then the tail once per chunk of conditions."""
+        image block), then the tail once per chunk of conditions (with a ``reader``, which
+        stores each chunk's readings, for a plan with probed layers)."""
         images = task.images
         n = images.shape[0]
         target = self.detectors.index(task.target_name)
@@ -719,6 +1031,8 @@ class SweepEngine:
                 probe.run(self._start_rows(sample[0], scale, shift, 0, 1), *sample[1:])
                 self._sizes[key] = (sum(_nbytes(v) for v in sample), probe.peak())
             per_image, per_row = self._sizes[key]
+            if reader is not None:
+                per_row += reader.row_bytes
             block, chunk = self._blocks(n, m, 0 if cached is not None else per_image, per_row)
             for n0 in range(0, n, block):
                 n1 = min(n, n0 + block)
@@ -733,6 +1047,8 @@ class SweepEngine:
                     rows += [self._repeat(extra, m1 - m0) for extra in extras]
                     self._set_rows(plan.tail, scales, shifts, m0, m1, n1 - n0)
                     features = plan.tail.module(*rows)
+                    if reader is not None:
+                        features = reader.read(plan, features, rows[0], m0, m1, n0, n1)
                     self.work["tail", plan.start_layer.alias, shape] += rows[0].shape[0]
                     logits = self.detectors.logits(features)[:, target]
                     out[m0:m1, n0:n1] = logits.view(m1 - m0, n1 - n0)

@@ -220,8 +220,11 @@ class ModulationEvaluator:
 
     def baseline(self, task: TaskSet, probe: Probe | None = None) -> Outputs:
         """The unattended pass (the engine also keeps the activity for the conditions next)."""
-        if self.engine is not None and probe is None:
-            return Outputs(self.engine.baseline_logits(task).unsqueeze(0))
+        if self.engine is not None:
+            if probe is None:
+                return Outputs(self.engine.baseline_logits(task).unsqueeze(0))
+            # the engine keeps this unattended pass for the conditions that follow
+            return Outputs(*self.engine.condition_readings(task, [{}], probe))
         logits, readings = self._forward(task, {}, probe)
         return Outputs(logits.unsqueeze(0), {k: v.unsqueeze(0) for k, v in readings.items()})
 
@@ -238,9 +241,15 @@ class ModulationEvaluator:
         logits = torch.empty(len(conditions), n)
         readings: list[dict[str, torch.Tensor] | None] = [None] * len(conditions)
         shared = [i for i, c in enumerate(conditions) if c.quadrants is None]
-        if self.engine is not None and probe is None and shared:
+        stacked: dict[str, torch.Tensor] = {}
+        if self.engine is not None and shared:
             mods = [conditions[i].modulations(source, task) for i in shared]
-            logits[shared] = self.engine.condition_logits(task, mods)
+            if probe is None:
+                logits[shared] = self.engine.condition_logits(task, mods)
+            else:
+                logits[shared], part = self.engine.condition_readings(task, mods, probe)
+                for j, i in enumerate(shared):
+                    readings[i] = {k: v[j] for k, v in part.items()}
         else:
             for i in shared:
                 logits[i], readings[i] = self._forward(
@@ -249,7 +258,6 @@ class ModulationEvaluator:
         for i, condition in enumerate(conditions):
             if condition.quadrants is not None:
                 logits[i], readings[i] = self._per_image_cues(task, condition, source, probe)
-        stacked: dict[str, torch.Tensor] = {}
         if probe is not None and conditions:
             stacked = {k: torch.stack([r[k] for r in readings]) for k in readings[0]}  # type: ignore[index]
         return Outputs(logits, stacked)
