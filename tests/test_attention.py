@@ -26,7 +26,7 @@ from bioattn.attention.values import (
 )
 from bioattn.data.tasks import make_task_set
 from bioattn.errors import ConfigError, DataError
-from bioattn.models.recording import record_map_means
+from bioattn.models.hooks import record_map_means
 from tests.conftest import make_tiny_network
 
 

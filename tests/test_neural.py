@@ -43,7 +43,7 @@ from bioattn.experiments.recording import (
     record,
     record_tasks,
 )
-from bioattn.models.recording import capture_activity, record_map_means
+from bioattn.models.hooks import capture_activity, record_map_means
 from tests.conftest import make_image_set, make_tiny_network
 
 BETA = 0.5

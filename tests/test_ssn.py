@@ -22,7 +22,7 @@ from bioattn.experiments.sweep import (
     run_sweep,
 )
 from bioattn.models.detectors import fit_detectors
-from bioattn.models.recording import record_map_means
+from bioattn.models.hooks import record_map_means
 from bioattn.ssn import (
     SSNInstabilityError,
     SSNLayer,

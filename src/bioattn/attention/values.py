@@ -29,8 +29,8 @@ from bioattn.data.imageset import ImageSet
 from bioattn.data.tasks import GRADIENT_STREAM, TaskSet, make_task_set, task_seed
 from bioattn.errors import ConfigError, DataError
 from bioattn.models.detectors import Detectors
+from bioattn.models.hooks import capture_activity, concat_units, record_map_means
 from bioattn.models.network import LayerInfo, Network
-from bioattn.models.recording import capture_activity, concat_units, record_map_means
 
 #: Value types that sweeps understand, besides ``gradient`` (stored per image type).
 VALUE_TYPES = ("tuning", "gradient")

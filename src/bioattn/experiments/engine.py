@@ -51,8 +51,8 @@ from bioattn.attention.gains import Modulation, as_nchw, modulate
 from bioattn.data.tasks import TaskSet
 from bioattn.errors import ConfigError
 from bioattn.models.detectors import Detectors
+from bioattn.models.hooks import capture_activity
 from bioattn.models.network import LayerInfo, Network
-from bioattn.models.recording import capture_activity
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",

@@ -34,8 +34,8 @@ from bioattn.errors import ConfigError
 from bioattn.experiments.engine import SweepEngine
 from bioattn.experiments.grid import Condition
 from bioattn.models.detectors import Detectors
+from bioattn.models.hooks import capture_activity
 from bioattn.models.network import LayerInfo, Network
-from bioattn.models.recording import capture_activity
 
 #: Names :func:`make_evaluator` accepts.
 EVALUATORS = ("batched", "naive")

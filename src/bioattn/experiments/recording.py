@@ -102,8 +102,8 @@ from bioattn.experiments.grid import (
 )
 from bioattn.experiments.run import LazyTasks, run
 from bioattn.models.detectors import Detectors
+from bioattn.models.hooks import capture_activity
 from bioattn.models.network import LayerInfo, Network
-from bioattn.models.recording import capture_activity
 
 _STRING_ROWS = ("role", "task_category", "attended_category", "attended_layer", "method")
 _ROW_DTYPES = {"condition": "i4", "image": "i4", "is_target": "i1", "target_quadrant": "i1"}

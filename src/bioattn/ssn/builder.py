@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 from bioattn.data.imageset import ImageSet
 from bioattn.errors import ConfigError, LayerError
 from bioattn.models.detectors import Detectors, fit_detectors
+from bioattn.models.hooks import record_map_means
 from bioattn.models.network import LayerInfo, Network
-from bioattn.models.recording import record_map_means
 from bioattn.ssn.layer import SSNLayer, SSNParams, layer_currents
 
 #: SSN layers of the default network when none are named: all six (measured affordable; see

@@ -1,4 +1,8 @@
-"""Recording post-ReLU activity of attendable layers with forward hooks."""
+"""Forward hooks that read the post-activation activity of attendable layers.
+
+The one place where hooks that *read* activity are registered;
+:func:`bioattn.attention.gains.modulate` registers the ones that change it.
+"""
 
 from __future__ import annotations
 
