@@ -532,7 +532,7 @@ def test_cli_refuses_unstable_ssn_parameters_with_a_clear_message(tmp_path, caps
 
 
 def test_cli_reports_the_findings_of_a_summary() -> None:
-    from bioattn.cli import _finding_lines
+    from bioattn.cli.ssn import finding_lines
     from bioattn.ssn.experiments import finding_checks
 
     rows = [
@@ -543,7 +543,7 @@ def test_cli_reports_the_findings_of_a_summary() -> None:
     findings = finding_checks(pd.DataFrame(rows))
     assert findings["finding1_gradient_minus_tuning_early_pp"] == {1: 1.5, 2: 1.0}
     assert findings["finding2_tuning"]["replicates"]
-    (line,) = _finding_lines({"ssn": findings})
+    (line,) = finding_lines({"ssn": findings})
     assert line == (
         "ssn: finding1 replicates: True, finding2_gradient replicates: True, "
         "finding2_tuning replicates: True"

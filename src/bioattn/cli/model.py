@@ -1,0 +1,112 @@
+"""``bioattn train``, ``bioattn layers`` and ``bioattn values``: the network and its values."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bioattn.cli.common import (
+    add_epochs,
+    add_model_options,
+    csv,
+    default_of,
+    experiment_config,
+    given,
+    prepared,
+    require_default,
+)
+from bioattn.errors import ConfigError
+
+#: Why ``train`` trains only the default network.
+TRAIN_DEFAULT_ONLY = (
+    "`bioattn train` trains the default network (fashion-vgg) on Fashion-MNIST on the CPU; "
+    "other models come with their weights file (--model SPEC --weights FILE on the other commands)"
+)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or load from the cache) the default network and report its accuracy."""
+    from bioattn.models.train import TrainSettings, load_default
+
+    config = experiment_config(args)
+    require_default(config, TRAIN_DEFAULT_ONLY)
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    settings = TrainSettings(**given(seed=config.model.seed, epochs=args.epochs))
+    trained = load_default(settings, config.data.path or None, retrain=args.retrain)
+    metrics = trained.metrics
+    print(f"model cached in {trained.path}")
+    print(f"test accuracy (10-way): {metrics['test_accuracy']:.4f}")
+    print(f"training time: {metrics['train_seconds']:.0f} s")
+    print("detector balanced accuracy on standard test images:")
+    for name, accuracy in metrics["detector_balanced_accuracy"].items():
+        print(f"  {name:12s} {accuracy:.3f}")
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    """List a model's attendable layers."""
+    from bioattn.models.zoo import build_network
+
+    network = build_network(args.model, weights=args.weights)
+    print(f"{'#':>3}  {'alias':8s}  {'module':24s}  {'activation':24s}  maps")
+    for layer in network.layers:
+        print(
+            f"{layer.number:>3}  {layer.alias:8s}  {layer.name:24s}  {layer.activation:24s}  "
+            f"{layer.channels}"
+        )
+    return 0
+
+
+def cmd_values(args: argparse.Namespace) -> int:
+    """Compute tuning and gradient values of the configured network into ``--out``.
+
+    A network other than the trained default gets its detectors fitted once and kept next to
+    the values file (``detectors.safetensors``), where ``bioattn record --values`` finds them.
+    """
+    from bioattn.attention.values import compute_values, save_values
+
+    config = experiment_config(args)
+    experiment = prepared(args, config, run_dir=Path(args.out).parent)
+    # as prepare() computes a sweep's values: noise images have no gradient values of their own
+    image_types = args.image_types or tuple(t for t in config.sweep.image_types if t != "noise")
+    values = compute_values(
+        experiment.network,
+        experiment.detectors,
+        experiment.train_images,
+        image_types,
+        gradient_set_size=config.values.gradient_images,
+        seed=config.sweep.seed,
+    )
+    path = save_values(values, args.out)
+    print(f"values written to {path}: {', '.join(map(str, values.data_vars))}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``layers`` and ``values``."""
+    from bioattn.experiments.sweep import SweepConfig
+
+    p = sub.add_parser("train", help="train (or load) the default Fashion-MNIST network")
+    add_model_options(p, note=f"Only the defaults: {TRAIN_DEFAULT_ONLY}.")
+    add_epochs(p)
+    p.add_argument("--retrain", action="store_true", help="ignore the cache and train again")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("layers", help="list a model's attendable layers")
+    p.add_argument("model", help="fashion-vgg, vgg16, or package.module:callable")
+    p.add_argument("--weights", default=None, help="weights file (.safetensors or .pth)")
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("values", help="compute tuning and gradient values")
+    add_model_options(p)
+    add_epochs(p)
+    p.add_argument("--out", type=Path, default=Path("values.nc"), help="netCDF file to write")
+    p.add_argument(
+        "--image-types",
+        type=csv,
+        default=None,
+        help=f"image types for gradient values (default: the config's [sweep] image_types, "
+        f"else {default_of(SweepConfig, 'image_types')})",
+    )
+    p.set_defaults(func=cmd_values)
