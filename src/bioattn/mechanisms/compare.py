@@ -52,6 +52,7 @@ from bioattn.attention.rules import FeatureGain, ValueSource
 from bioattn.attention.values import compute_values, load_values, save_values, variable_name
 from bioattn.cache import atomic_write_bytes
 from bioattn.data.clutter import make_cluttered
+from bioattn.data.fashion_mnist import load_fashion_mnist
 from bioattn.data.imageset import ImageSet
 from bioattn.data.tasks import TaskSet
 from bioattn.errors import ConfigError
@@ -92,6 +93,7 @@ from bioattn.mechanisms.soft_spatial import (
 from bioattn.mechanisms.training import Budget, RunOptions
 from bioattn.models.detectors import Detectors
 from bioattn.models.network import LayerInfo, Network
+from bioattn.models.train import load_default
 
 #: Mechanisms in table and figure order.
 MECHANISMS = (
@@ -637,8 +639,6 @@ def run_comparison(
     settings, budgets, timings (training seconds per mechanism, summed over resumed sessions)
     and versions.
     """
-    from bioattn.data.fashion_mnist import load_fashion_mnist
-    from bioattn.models.train import load_default
 
     out_dir = Path(out_dir)
     started = time.perf_counter()

@@ -9,6 +9,8 @@ the default SSN-CNN (``bioattn ssn benchmark``, ``benchmarks/ssn.py``).
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -18,9 +20,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from bioattn.data.fashion_mnist import load_fashion_mnist
+from bioattn.data.tasks import make_task_set
 from bioattn.experiments.runfolder import environment_info
 from bioattn.models.network import Network
 from bioattn.ssn.builder import conv_output, ssn_blocks
+from bioattn.ssn.experiments import build_default_ssn, write_json
 from bioattn.ssn.layer import SSNParams
 
 #: (dt in ms, tol per ms) settings compared by :func:`run_ssn_convergence`; the first is the
@@ -166,13 +171,6 @@ def run_ssn_benchmark(
     settings use its defaults; an empty sequence skips it) and ``machine.json``. Returns the
     tables by name.
     """
-    import os
-    import platform
-
-    from bioattn.data.fashion_mnist import load_fashion_mnist
-    from bioattn.data.tasks import make_task_set
-    from bioattn.ssn.experiments import build_default_ssn, write_json
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     test = load_fashion_mnist("test", data_dir)

@@ -40,6 +40,7 @@ from bioattn.experiments.runfolder import write_run_config, write_tables
 from bioattn.experiments.sweep import SweepConfig, resolve_sweep, run_sweep
 from bioattn.models.detectors import Detectors, evaluate_detectors
 from bioattn.models.network import Network
+from bioattn.models.train import load_default
 from bioattn.ssn.builder import (
     build_ssn_network,
     fit_ssn_detectors,
@@ -111,8 +112,6 @@ def build_default_ssn(
     ``n_reference_per_category`` training images per category (both subsets seeded). Returns
     (plain network, SSN-CNN, tuning values).
     """
-    from bioattn.models.train import load_default
-
     trained = load_default(data_dir=data_dir, progress=progress)
     train = load_fashion_mnist("train", data_dir)
     values = tuning_values(trained.network, balanced_subset(train, n_tuning_per_category, seed))
@@ -260,8 +259,6 @@ def run_ssn_replication(
     ``comparison.png``/``.svg``, ``findings.json`` and ``config.json``. Returns the summaries,
     the findings and the timings.
     """
-    from bioattn.models.train import load_default
-
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
     started = time.perf_counter()
