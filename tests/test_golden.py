@@ -22,12 +22,12 @@ import xarray as xr
 GOLDEN = Path(__file__).parent / "golden"
 sys.path.insert(0, str(GOLDEN))
 
-from make_golden import METHODS, six_categories, spatial_tasks  # noqa: E402
+from make_golden import METHODS, recording_config, spatial_tasks  # noqa: E402
 
 from bioattn.experiments.sweep import SweepConfig, run_sweep  # noqa: E402
 from bioattn.models.detectors import fit_detectors  # noqa: E402
 
-from .conftest import make_tiny_network  # noqa: E402
+from .conftest import make_tiny_network, six_categories  # noqa: E402
 
 
 def golden(name: str) -> pd.DataFrame:
@@ -119,20 +119,10 @@ def test_ssn_sweep_is_unchanged(tmp_path):
 
 @pytest.mark.parametrize("engine", ["naive", "batched"])
 def test_recording_is_unchanged(setup, tmp_path, engine):
-    from bioattn.experiments.recording import RecordingConfig, load_recording, record
+    from bioattn.experiments.recording import load_recording, record
 
     network, detectors, values, _train, test = setup
-    config = RecordingConfig(
-        attend_layers=("conv2_1", "conv1_1"),
-        all_layers=True,
-        betas=(0.5, 1.0),
-        methods=("tuning", "gradient"),
-        image_type="array",
-        n_pos=4,
-        n_neg=4,
-        n_reference=3,
-        batch_size=5,
-    )
+    config = recording_config()
     path = record(
         network,
         values,

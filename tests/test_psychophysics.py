@@ -12,7 +12,6 @@ from bioattn.analysis.sdt import detection_metrics
 from bioattn.attention.gains import Modulation, SpatialCue
 from bioattn.attention.rules import SpatialGain, ValueSource
 from bioattn.attention.values import tuning_values
-from bioattn.data.imageset import ImageSet
 from bioattn.data.tasks import make_task_set
 from bioattn.errors import ConfigError, DataError
 from bioattn.experiments.engine import target_logits
@@ -28,13 +27,7 @@ from bioattn.experiments.psychophysics import (
 )
 from bioattn.models.detectors import fit_detectors
 
-
-def six_categories(split: str) -> ImageSet:
-    generator = torch.Generator().manual_seed(11 if split == "test" else 12)
-    patterns = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    labels = torch.arange(6).repeat_interleave(10)
-    images = patterns[labels] + 0.05 * torch.rand(60, 1, 8, 8, generator=generator)
-    return ImageSet(images.clamp(0, 1), labels, tuple("abcdef"), split)
+from .conftest import six_categories
 
 
 @pytest.fixture

@@ -23,7 +23,25 @@ from bioattn.attention.values import add_gradient_values, tuning_values  # noqa:
 from bioattn.data.imageset import ImageSet  # noqa: E402
 from bioattn.data.tasks import make_task_set  # noqa: E402
 from bioattn.models.detectors import fit_detectors  # noqa: E402
-from conftest import make_image_set, make_tiny_network  # noqa: E402
+from conftest import make_image_set, make_tiny_network, six_categories  # noqa: E402
+
+
+def recording_config():
+    """The recording of the golden outputs."""
+    from bioattn.experiments.recording import RecordingConfig
+
+    return RecordingConfig(
+        attend_layers=("conv2_1", "conv1_1"),
+        all_layers=True,
+        betas=(0.5, 1.0),
+        methods=("tuning", "gradient"),
+        image_type="array",
+        n_pos=4,
+        n_neg=4,
+        n_reference=3,
+        batch_size=5,
+    )
+
 
 METHODS = (
     "tuning",
@@ -46,14 +64,6 @@ def tiny_values(network, images, detectors) -> xr.Dataset:
     return values
 
 
-def six_categories(split: str) -> ImageSet:
-    generator = torch.Generator().manual_seed(11 if split == "test" else 12)
-    patterns = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    labels = torch.arange(6).repeat_interleave(10)
-    images = patterns[labels] + 0.05 * torch.rand(60, 1, 8, 8, generator=generator)
-    return ImageSet(images.clamp(0, 1), labels, tuple("abcdef"), split)
-
-
 def spatial_tasks(test: ImageSet) -> dict:
     """Array task sets with a cued quadrant (category index mod 4), as the orientation task."""
     return {
@@ -72,7 +82,7 @@ def main() -> None:
         run_cueing,
         run_noise_detection,
     )
-    from bioattn.experiments.recording import RecordingConfig, record
+    from bioattn.experiments.recording import record
     from bioattn.experiments.sweep import SweepConfig, run_sweep
 
     network = make_tiny_network()
@@ -99,17 +109,7 @@ def main() -> None:
     table = run_sweep(network, detectors, values, None, spatial, False, tasks=spatial_tasks(test))
     table.to_parquet(HERE / "sweep_spatial.parquet", index=False)
 
-    rec_config = RecordingConfig(
-        attend_layers=("conv2_1", "conv1_1"),
-        all_layers=True,
-        betas=(0.5, 1.0),
-        methods=("tuning", "gradient"),
-        image_type="array",
-        n_pos=4,
-        n_neg=4,
-        n_reference=3,
-        batch_size=5,
-    )
+    rec_config = recording_config()
     path = record(
         network,
         values,
