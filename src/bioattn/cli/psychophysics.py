@@ -45,12 +45,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
     Tuning values come from ``prepare`` (``[values] path``, else computed once into ``--out``);
     the gradient values of noisy training images are added for the cues.
     """
-    from bioattn.experiments.psychophysics import (
-        NoiseConfig,
-        noise_gradient_values,
-        run_noise_detection,
-        write_noise,
-    )
+    from bioattn.experiments.psychophysics import NoiseConfig, noise_detection, write_noise
 
     experiment = prepared(
         args, experiment_config(args), values=True, image_types=(), run_dir=args.out
@@ -66,11 +61,7 @@ def cmd_noise(args: argparse.Namespace) -> int:
             seed=args.sweep_seed,
         )
     )
-    network, detectors = experiment.network, experiment.detectors
-    values = noise_gradient_values(
-        experiment.values, network, detectors, experiment.train_images, noise.gradient_snr
-    )
-    table = run_noise_detection(network, detectors, values, experiment.test_images, noise)
+    table = noise_detection(experiment, noise)
     print_table(write_noise(table, args.out))
     print(f"results in {args.out}")
     return 0

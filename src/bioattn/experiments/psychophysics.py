@@ -43,6 +43,7 @@ from bioattn.experiments.grid import (
     cue_seed,
     task_seed,
 )
+from bioattn.experiments.prepare import Experiment
 from bioattn.experiments.run import PerformanceSink, run
 from bioattn.models.detectors import Detectors
 from bioattn.models.network import Network
@@ -272,6 +273,20 @@ def run_noise_detection(
     uncued = table["method"] == "none"
     keep = (uncued & (table["beta"] == 0.0)) | (~uncued & (table["beta"] != 0.0))
     return table[keep].reset_index(drop=True)
+
+
+def noise_detection(
+    experiment: Experiment, config: NoiseConfig = NoiseConfig(), progress: bool = True
+) -> pd.DataFrame:
+    """Detection in noise on a prepared experiment: its tuning values plus gradient values of
+    noisy training images at ``config.gradient_snr``, then :func:`run_noise_detection`."""
+    if experiment.values is None:
+        raise ConfigError("detection in noise needs tuning values: prepare(..., values=True)")
+    network, detectors = experiment.network, experiment.detectors
+    values = noise_gradient_values(
+        experiment.values, network, detectors, experiment.train_images, config.gradient_snr
+    )
+    return run_noise_detection(network, detectors, values, experiment.test_images, config, progress)
 
 
 def detection_thresholds(table: pd.DataFrame, level: float = PERFORMANCE_THRESHOLD) -> pd.DataFrame:
