@@ -167,7 +167,7 @@ def module_macs(network: Network, image_shape: tuple[int, ...]) -> list[tuple[st
             handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            network.module(network.preprocess(torch.zeros(1, *image_shape)))
+            network(network.preprocess(torch.zeros(1, *image_shape)))
     finally:
         for handle in handles:
             handle.remove()

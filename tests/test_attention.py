@@ -115,7 +115,7 @@ def test_gain_is_applied_after_relu_and_before_pooling(tiny_network, tiny_images
     layer = tiny_network.resolve_layer("conv1_1")
     with modulate(tiny_network, {layer: Modulation(scale=gain)}):
         modulated = record_map_means(tiny_network, images, [tiny_network.layers[1]])
-        output = tiny_network.module(images)
+        output = tiny_network(images)
     features = tiny_network.module.features
     first = torch.relu(features[0](images)) * gain.view(1, 2, 1, 1)
     second = torch.relu(features[3](features[2](first)))
@@ -124,7 +124,7 @@ def test_gain_is_applied_after_relu_and_before_pooling(tiny_network, tiny_images
     torch.testing.assert_close(output, expected)
     # the hook is gone after the context
     torch.testing.assert_close(
-        tiny_network.module(images),
+        tiny_network(images),
         tiny_network.module.classifier(
             torch.relu(features[3](features[2](torch.relu(features[0](images))))).mean((2, 3))
         ),
@@ -154,6 +154,9 @@ def test_values_roundtrip_and_model_check(tmp_path, tiny_network, tiny_images):
             super().__init__()
             self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU())
             self.classifier = torch.nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.classifier(self.features(x).mean(dim=(2, 3)))
 
     from bioattn.models.network import Network
 

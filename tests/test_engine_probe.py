@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
-
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,8 +11,7 @@ from bioattn.attention.gains import Modulation, SpatialCue
 from bioattn.attention.rules import ALL_LAYERS_FACTOR, ValueSource, parse_rule
 from bioattn.data.imageset import ImageSet
 from bioattn.data.tasks import TaskSet, make_task_set
-from bioattn.experiments import engine as engine_module
-from bioattn.experiments.engine import SweepEngine
+from bioattn.experiments.engine import SweepEngine, naive_condition_logits
 from bioattn.experiments.evaluate import ModulationEvaluator, Probe
 from bioattn.models.detectors import Detectors
 from bioattn.models.network import LayerInfo, Network
@@ -271,9 +269,10 @@ def _small_task() -> TaskSet:
     return make_task_set(source, "y", "standard", n_pos=4, n_neg=4, seed=1)
 
 
-def test_reused_activation_falls_back_to_full_passes():
+def test_each_call_of_a_reused_activation_is_its_own_site_and_splits():
     torch.manual_seed(0)
     network = Network(SharedReluNet(), "shared-relu", "fc", (0.0,), (1.0,))
+    assert [la.name for la in network.layers] == ["relu:0", "relu:1", "relu3"]
     generator = torch.Generator().manual_seed(1)
     detectors = Detectors(
         weight=torch.randn(2, 4, generator=generator),
@@ -283,26 +282,27 @@ def test_reused_activation_falls_back_to_full_passes():
         categories=("x", "y"),
     )
     task = _small_task()
-    shared = next(la for la in network.layers if la.activation == "relu")
-    last = next(la for la in network.layers if la.activation == "relu3")
-    probe = Probe(tuple(network.layers), quadrants=True, full_maps=(shared,))
+    first, second, last = network.layers
+    both = network.resolve_layer("relu:*")
+    probe = Probe(tuple(network.layers), quadrants=True, full_maps=(second,))
     conditions = [
-        {shared: Modulation(scale=torch.tensor([0.5, 2.0, 1.5]) * beta)} for beta in (0.5, 2.0)
+        {second: Modulation(scale=torch.tensor([0.5, 2.0, 1.5]) * beta)} for beta in (0.5, 2.0)
     ] + [
+        {first: Modulation(scale=torch.tensor([2.0, 0.1, 1.0]))},
         {last: Modulation(scale=torch.tensor([2.0, 0.1, 1.0, 0.5]))},
         {
-            shared: Modulation(shift=torch.tensor([0.1, 0.0, -0.1])),
+            second: Modulation(shift=torch.tensor([0.1, 0.0, -0.1])),
             last: Modulation(shift=torch.full((4,), 0.2)),
         },
     ]
-    engine_module._warned_models.discard(SharedReluNet.__qualname__)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        engine = SweepEngine(network, detectors)
-        _assert_matches(engine, task, conditions, probe, split=False)
-    assert any("one full forward pass per condition" in str(w.message) for w in caught)
-    # the probed reused layer rules out the split for every condition
-    assert engine.work["tail", last.alias, (1, 6, 6)] == 0
+    engine = SweepEngine(network, detectors)
+    _assert_matches(engine, task, conditions, probe, split=True)
+    # the group attends both calls: through the engine (no probe) it equals the naive path
+    grouped = [{both: Modulation(scale=torch.tensor([0.5, 2.0, 1.5]))}]
+    naive = naive_condition_logits(network, detectors, task, grouped)
+    np.testing.assert_allclose(
+        engine.condition_logits(task, grouped).numpy(), naive.numpy(), atol=1e-5
+    )
 
 
 class SkipNet(nn.Module):

@@ -183,11 +183,13 @@ def test_vgg16_network_settings_and_small_forward(vgg16: Network) -> None:
 def test_vgg16_layer_names(vgg16: Network) -> None:
     assert len(vgg16.layers) == 13
     assert [layer.alias for layer in vgg16.layers] == VGG16_ALIASES
-    assert [layer.name for layer in vgg16.layers] == [f"features.{i}" for i in VGG16_CONVS]
+    assert [layer.conv for layer in vgg16.layers] == [f"features.{i}" for i in VGG16_CONVS]
+    assert [layer.name for layer in vgg16.layers] == [f"features.{i + 1}" for i in VGG16_CONVS]
     assert [layer.channels for layer in vgg16.layers] == VGG16_CHANNELS
-    assert vgg16.resolve_layer(1).name == "features.0"
+    assert vgg16.resolve_layer(1).conv == "features.0"
+    assert vgg16.resolve_layer("features.0").name == "features.1"  # the conv names its site
     assert vgg16.resolve_layer("13").alias == "conv5_3"
-    assert vgg16.resolve_layer("conv4_3").name == "features.21"
+    assert vgg16.resolve_layer("conv4_3").name == "features.22"
     assert vgg16.resolve_layer("features.17").alias == "conv4_1"
     assert vgg16.resolve_layer("features.18").alias == "conv4_1"  # the ReLU after it
     assert [layer.number for layer in vgg16.resolve_layers("conv1_1,conv5_3")] == [1, 13]
@@ -195,7 +197,7 @@ def test_vgg16_layer_names(vgg16: Network) -> None:
         vgg16.resolve_layer("conv6_1")
     message = str(info.value)
     assert "conv6_1" in message
-    assert "conv1_1 (features.0)" in message and "conv5_3 (features.28)" in message
+    assert "conv1_1 (features.1)" in message and "conv5_3 (features.29)" in message
     with pytest.raises(LayerError, match=r"1\.\.13"):
         vgg16.resolve_layer(14)
 
@@ -234,7 +236,7 @@ def test_fashion_vgg_inputs_and_layers() -> None:
         "conv3_1",
         "conv3_2",
     ]
-    assert [layer.name for layer in network.layers] == [
+    assert [layer.conv for layer in network.layers] == [
         f"features.{i}" for i in (0, 2, 5, 7, 10, 12)
     ]
     assert [layer.channels for layer in network.layers] == [16, 16, 32, 32, 64, 64]
@@ -366,11 +368,19 @@ def test_unusable_files(tmp_path: Path) -> None:
 
 
 def test_list_models_and_unknown_spec() -> None:
-    assert list_models() == ["fashion-vgg", "vgg16"]
+    assert list_models() == [
+        "fashion-vgg",
+        "vgg16",
+        "alexnet",
+        "resnet18",
+        "resnet50",
+        "cornet-z",
+        "cornet-s",
+    ]
     with pytest.raises(ConfigError) as info:
-        build_network("resnet50")
+        build_network("resnet34")
     message = str(info.value)
-    assert "'resnet50'" in message and "'fashion-vgg'" in message and "'vgg16'" in message
+    assert "'resnet34'" in message and "'fashion-vgg'" in message and "'cornet-s'" in message
     assert "package.module:callable" in message
 
 

@@ -277,7 +277,7 @@ def test_recording_round_trip_keeps_coordinates_and_values(network, tmp_path):
     np.testing.assert_array_equal(base["target_quadrant"].values, task.target_quadrant.numpy())
     layer = network.resolve_layer("conv1_1")
     with torch.no_grad(), capture_activity(network, [layer]) as store:
-        network.module(network.preprocess(task.images))
+        network(network.preprocess(task.images))
     np.testing.assert_allclose(base["maps_conv1_1"].values, store["conv1_1"].numpy(), atol=1e-7)
     # even map sizes: the four quadrants tile the map, so their mean is the map mean
     np.testing.assert_allclose(

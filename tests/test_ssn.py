@@ -339,9 +339,10 @@ def ssn_setup():
 
 def test_builder_keeps_the_layers_and_leaves_the_original_alone(ssn_setup) -> None:
     plain, ssn, _detectors, _images = ssn_setup
-    assert [(la.alias, la.name, la.channels) for la in ssn.layers] == [
-        (la.alias, la.name, la.channels) for la in plain.layers
+    assert [(la.alias, la.conv, la.channels) for la in ssn.layers] == [
+        (la.alias, la.conv, la.channels) for la in plain.layers
     ]
+    assert [la.name for la in ssn.layers] == [f"{la.name}.act" for la in plain.layers]
     assert set(ssn_blocks(ssn)) == {"conv1_1", "conv2_1"}
     assert all(isinstance(plain.submodule(la.activation), torch.nn.ReLU) for la in plain.layers)
     assert not ssn_blocks(plain)
@@ -417,10 +418,10 @@ def test_zero_attention_input_does_not_depend_on_the_values(ssn_setup) -> None:
             for layer in ssn.layers
         }
         with ssn_attention(ssn, currents):
-            return ssn.module(ssn.preprocess(images)).detach()
+            return ssn(ssn.preprocess(images)).detach()
 
     loaded = [_random_values(ssn, detectors.categories, seed) for seed in (0, 1)]
-    unattended = ssn.module(ssn.preprocess(images)).detach()
+    unattended = ssn(ssn.preprocess(images)).detach()
     # with attention input 0 the outputs are exactly those of the unattended network...
     for values in loaded:
         torch.testing.assert_close(outputs(values, 0.0), unattended, rtol=0, atol=0)
@@ -502,12 +503,12 @@ def test_conv_output_is_what_feeds_the_ssn(ssn_setup) -> None:
     plain, ssn, _detectors, images = ssn_setup
     x = conv_output(ssn, "conv2_1", images.images[:5], batch_size=2)
     seen: list[torch.Tensor] = []
-    handle = ssn_blocks(ssn)["conv2_1"].register_forward_pre_hook(
+    handle = ssn_blocks(ssn)["conv2_1"].ssn.register_forward_pre_hook(
         lambda _m, inputs: seen.append(inputs[0])
     )
     try:
         with torch.no_grad():
-            ssn.module(ssn.preprocess(images.images[:5]))
+            ssn(ssn.preprocess(images.images[:5]))
     finally:
         handle.remove()
     torch.testing.assert_close(x, seen[0])

@@ -132,24 +132,19 @@ def spatial_gain(height: int, width: int, rows: slice, cols: slice, beta: float)
 def modulate(
     network: Network, modulations: Mapping[str | int | LayerInfo, Modulation]
 ) -> Iterator[None]:
-    """Context in which forward passes of ``network`` apply ``modulations`` after the ReLUs.
+    """Context in which forward passes of ``network`` apply ``modulations`` at their sites.
 
-    Hooks are forward hooks on each attended layer's ReLU module, so the change lands after the
-    nonlinearity and before any pooling, and everything downstream sees it. They are removed on
-    exit, even after an error.
+    Each modulation changes its site's output (after the nonlinearity, before any pooling; at
+    every call of a group), so everything downstream sees it. They are removed on exit, even
+    after an error.
     """
-    handles = []
+    removers = []
     try:
         for spec, modulation in modulations.items():
             if not isinstance(modulation, Modulation):
                 raise ConfigError(f"expected a Modulation for layer {spec!r}, got {modulation!r}")
-            layer = network.resolve_layer(spec)
-
-            def hook(_module, _inputs, output, modulation=modulation):
-                return modulation(output)
-
-            handles.append(network.submodule(layer.activation).register_forward_hook(hook))
+            removers.append(network.hook_site(spec, modulation))
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        for remove in removers:
+            remove()

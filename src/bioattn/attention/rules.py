@@ -94,13 +94,15 @@ class ValueSource:
         return v
 
     def scale(self, layer: LayerInfo) -> float:
-        """B_l of the response-gain rule (the layer's mean activity over tuning images)."""
-        if layer.alias not in self.scales:
+        """B_l of the response-gain rule (the layer's mean activity over tuning images; for a
+        group, the mean over its calls)."""
+        aliases = layer.members or (layer.alias,)
+        if any(alias not in self.scales for alias in aliases):
             raise ConfigError(
                 "response gain needs the layers' mean activity ('mean_activity'), which these "
                 "values lack; compute values with `bioattn values`"
             )
-        return self.scales[layer.alias]
+        return sum(self.scales[alias] for alias in aliases) / len(aliases)
 
 
 class GainRule(ABC):

@@ -42,8 +42,10 @@ def _unit_coords(network: Network) -> dict[str, tuple[str, np.ndarray]]:
     return {"layer": ("unit", np.array(layers)), "channel": ("unit", np.array(channels))}
 
 
-def _layer_table(network: Network) -> str:
-    return json.dumps([[la.alias, la.name, la.channels] for la in network.layers])
+def layer_table(layers: Sequence[LayerInfo]) -> str:
+    """The JSON table ``[[alias, conv (else site name), maps], ...]`` that values and recording
+    files keep, to check they belong to a network."""
+    return json.dumps([[la.alias, la.conv or la.name, la.channels] for la in layers])
 
 
 def empty_values(network: Network, categories: Sequence[str]) -> xr.Dataset:
@@ -51,7 +53,7 @@ def empty_values(network: Network, categories: Sequence[str]) -> xr.Dataset:
     n_units = sum(layer.channels for layer in network.layers)
     return xr.Dataset(
         coords={"category": list(categories), "unit": np.arange(n_units), **_unit_coords(network)},
-        attrs={"model": network.name, "layers": _layer_table(network)},
+        attrs={"model": network.name, "layers": layer_table(network.layers)},
     )
 
 
@@ -108,7 +110,7 @@ def raw_gradients(
     with capture_activity(network, layers) as store, network.capture_readout() as readout:
         for start in range(0, task.images.shape[0], batch_size):
             batch = network.preprocess(task.images[start : start + batch_size])
-            network.module(batch)
+            network(batch)
             logit = detectors.logits(readout.pop())[:, target].sum()
             activity = [store[layer.alias] for layer in layers]
             grads = torch.autograd.grad(logit, activity)
@@ -165,7 +167,7 @@ def add_gradient_values(
 
 def check_values_match(values: xr.Dataset, network: Network) -> None:
     """Raise ConfigError unless ``values`` were computed for ``network``'s layers and maps."""
-    expected = _layer_table(network)
+    expected = layer_table(network.layers)
     found = values.attrs.get("layers")
     if found != expected:
         raise ConfigError(
@@ -193,14 +195,20 @@ def variable_name(method: str, image_type: str) -> str:
 def layer_values(
     values: xr.Dataset, variable: str, category: str, layer: LayerInfo
 ) -> torch.Tensor:
-    """The (C,) values of one layer for one category."""
+    """The (C,) values of one layer for one category.
+
+    A group (all calls of a reused module, e.g. every time step of a recurrent area) gets the
+    mean of its calls' values: one gain per map, applied at every call.
+    """
     if variable not in values:
         raise ConfigError(
             f"values have no {variable!r}; available: {', '.join(map(str, values.data_vars))}"
         )
-    row = values[variable].sel(category=category)
-    selected = row.values[values["layer"].values == layer.alias]
-    return torch.from_numpy(np.asarray(selected, dtype=np.float32))
+    row = np.asarray(values[variable].sel(category=category).values, dtype=np.float32)
+    aliases = layer.members or (layer.alias,)
+    rows = [row[values["layer"].values == alias] for alias in aliases]
+    selected = rows[0] if len(rows) == 1 else np.mean(np.stack(rows), axis=0, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(selected))
 
 
 def layer_scales(values: xr.Dataset) -> dict[str, float]:

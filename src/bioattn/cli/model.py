@@ -45,16 +45,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    """List a model's attendable layers."""
+    """List a model's attention sites (and the groups of reused modules)."""
     from bioattn.models.zoo import build_network
 
     network = build_network(args.model, weights=args.weights)
-    print(f"{'#':>3}  {'alias':8s}  {'module':24s}  {'activation':24s}  maps")
-    for layer in network.layers:
+    rows = network.site_table()
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(row[c])) for row in rows)) for c in columns}
+    header = "  ".join(f"{c:>{widths[c]}}" if c == "#" else f"{c:{widths[c]}}" for c in columns)
+    print(header.rstrip())
+    for row in rows:
         print(
-            f"{layer.number:>3}  {layer.alias:8s}  {layer.name:24s}  {layer.activation:24s}  "
-            f"{layer.channels}"
+            "  ".join(
+                f"{row[c]!s:>{widths[c]}}" if c == "#" else f"{row[c]!s:{widths[c]}}"
+                for c in columns
+            ).rstrip()
         )
+    size = network.sites.probe_size
+    print(f"(spatial sizes for a {size}x{size} input", end="")
+    if network.sites.graph is None:
+        print(f"; found with module hooks: torch.fx cannot trace it: {network.sites.trace_error}")
+    else:
+        print("; sites found on the torch.fx graph)")
+    for path, reason in network.sites.refused.items():
+        print(f"refused: {path}: {reason}")
     return 0
 
 

@@ -47,16 +47,12 @@ class ImageSet:
         return resolve_category(category, self.categories)
 
 
-def resolve_categories(
-    names: Sequence[str | int], categories: Sequence[str]
-) -> list[str]:
+def resolve_categories(names: Sequence[str | int], categories: Sequence[str]) -> list[str]:
     """Canonical names of several categories, in the order given; duplicates (one category
     named twice, or by name and index) are merged with a warning, and none is an error."""
     resolved = [categories[resolve_category(name, categories)] for name in names]
     if not resolved:
-        raise CategoryError(
-            f"no categories given; name at least one of: {', '.join(categories)}"
-        )
+        raise CategoryError(f"no categories given; name at least one of: {', '.join(categories)}")
     unique = list(dict.fromkeys(resolved))
     if len(unique) < len(resolved):
         warnings.warn(

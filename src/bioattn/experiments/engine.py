@@ -179,22 +179,9 @@ class _Plan:
     head: fx.GraphModule  # preprocessed images -> boundary tensors (start activity first)
     n_boundary: int
     tail: _Tail
-    reused: bool  # an attended activation module is called more than once
+    reused: bool  # an attended layer is a group (several calls of one module)
     probed: tuple[LayerInfo, ...] = ()  # layers whose activity the tail returns after features
     start_probed: bool = False  # the start layer is probed (read from the modulated start rows)
-
-
-class _Tracer(fx.Tracer):
-    """The default tracer, with the readout and activation modules kept as leaves."""
-
-    def __init__(self, leaves: set[str]) -> None:
-        super().__init__()
-        self.leaves = leaves
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name in self.leaves or super().is_leaf_module(
-            m, module_qualified_name
-        )
 
 
 class _Splitter:
@@ -202,10 +189,9 @@ class _Splitter:
 
     def __init__(self, network: Network) -> None:
         self.network = network
-        leaves = {network.readout, *(layer.activation for layer in network.layers)}
-        tracer = _Tracer(leaves)
-        graph = tracer.trace(network.module)
-        self.gm = fx.GraphModule(tracer.root, graph)
+        if network.sites.graph is None:
+            raise _SplitError(f"torch.fx could not trace it ({network.sites.trace_error})")
+        self.gm = network.sites.graph
         self.nodes = list(self.gm.graph.nodes)
         self.order = {node: i for i, node in enumerate(self.nodes)}
         inputs = [n for n in self.nodes if n.op == "placeholder"]
@@ -219,17 +205,16 @@ class _Splitter:
         if not isinstance(readout_input, fx.Node):
             raise _SplitError("the readout module's input is not a traced tensor")
         self.readout_input = readout_input
-        self.layer_nodes = {
-            layer.activation: [
-                n for n in self.nodes if n.op == "call_module" and n.target == layer.activation
-            ]
-            for layer in network.layers
-        }
+        self.by_name = {node.name: node for node in self.nodes}
         # Nodes whose value depends on the images (everything else is a constant of the model).
         self.varying: set[fx.Node] = set()
         for node in self.nodes:
             if node is self.input or any(a in self.varying for a in node.all_input_nodes):
                 self.varying.add(node)
+
+    def layer_nodes(self, layer: LayerInfo) -> list[fx.Node]:
+        """The graph nodes whose outputs are ``layer``'s activity (several for a group)."""
+        return [self.by_name[name] for name in layer.nodes if name in self.by_name]
 
     # --- graph surgery ---------------------------------------------------------------------
     def boundary(self, start: fx.Node) -> list[fx.Node]:
@@ -330,9 +315,9 @@ class _Splitter:
         """
         modulated: dict[fx.Node, LayerInfo] = {}
         for layer in layers:
-            nodes = self.layer_nodes.get(layer.activation, [])
+            nodes = self.layer_nodes(layer)
             if not nodes:
-                raise _SplitError(f"activation {layer.activation!r} is never called")
+                raise _SplitError(f"site {layer.name!r} is not in the traced graph")
             modulated.update({node: layer for node in nodes})
         start = min(modulated, key=self.order.__getitem__)
         inner = {node: layer for node, layer in modulated.items() if node is not start}
@@ -341,16 +326,14 @@ class _Splitter:
         after: list[LayerInfo] = []
         start_probed = False
         for layer in probed:
-            nodes = self.layer_nodes.get(layer.activation, [])
+            nodes = self.layer_nodes(layer)
             if len(nodes) != 1:
-                raise _SplitError(
-                    f"probed activation {layer.activation!r} is called {len(nodes)} times, not once"
-                )
+                raise _SplitError(f"probed site {layer.name!r} is {len(nodes)} calls, not one")
             if nodes[0] is start:
                 start_probed = True
             elif self.order[nodes[0]] > self.order[start]:
                 after.append(layer)
-        outputs = [self.readout_input, *(self.layer_nodes[la.activation][0] for la in after)]
+        outputs = [self.readout_input, *(self.layer_nodes(la)[0] for la in after)]
         # (the start rows are a placeholder, which no in-place ReLU writes to)
         tail = self.extract(boundary, outputs, inner, flatten=True, inplace_relu=not after)
         reused = len(modulated) > len(layers)
@@ -632,9 +615,7 @@ class SweepEngine:
             self.network.capture_readout() as readout,
         ):
             for start in range(0, n, self.batch_size):
-                self.network.module(
-                    self.network.preprocess(images[start : start + self.batch_size])
-                )
+                self.network(self.network.preprocess(images[start : start + self.batch_size]))
                 features.append(readout.pop())
                 for alias, chunks in kept.items():
                     if alias in store:
@@ -794,7 +775,10 @@ class SweepEngine:
         """Per-layer scales and shifts of the conditions, stacked (M, a, b, c) (cues included)."""
         shapes = self._activity_shapes(task.images)
         scales = {
-            la: _stack([_full_scale(c[la], shapes[la.alias]) for c in conditions]) for la in layers
+            la: _stack(
+                [_full_scale(c[la], shapes.get(la.alias, (la.channels, 1, 1))) for c in conditions]
+            )
+            for la in layers
         }
         shifts = {la: _stack([c[la].shift for c in conditions]) for la in layers}
         return scales, shifts
@@ -814,7 +798,6 @@ class SweepEngine:
         probed = list(probe.hooked)
         plan = self._plan(layers, probed)
         if plan is not None and plan.reused:
-            # a reused module's last call is what a hook reads; the split cannot tell which
             self._warn(f"cannot read layers with attention at reused {[la.alias for la in layers]}")
             plan = None
         if plan is not None:
@@ -883,9 +866,7 @@ class SweepEngine:
             store = stack.enter_context(capture_activity(self.network, layers))
             readout = stack.enter_context(self.network.capture_readout())
             for start in range(0, n, self.batch_size):
-                self.network.module(
-                    self.network.preprocess(images[start : start + self.batch_size])
-                )
+                self.network(self.network.preprocess(images[start : start + self.batch_size]))
                 features.append(readout.pop())
                 batches.append(probe.reduce(store))
                 for alias, chunks in kept.items():
@@ -909,7 +890,7 @@ class SweepEngine:
         key = tuple(images.shape[1:])
         if key not in self._shapes:
             with torch.no_grad(), capture_activity(self.network, self.network.layers) as store:
-                self.network.module(self.network.preprocess(images[:1]))
+                self.network(self.network.preprocess(images[:1]))
             self._shapes[key] = {
                 layer.alias: tuple(store[layer.alias].shape[1:])
                 if layer.alias in store

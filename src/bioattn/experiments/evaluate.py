@@ -202,9 +202,7 @@ class ModulationEvaluator:
             )
             readout = stack.enter_context(self.network.capture_readout())
             for start in range(0, images.shape[0], self.batch_size):
-                self.network.module(
-                    self.network.preprocess(images[start : start + self.batch_size])
-                )
+                self.network(self.network.preprocess(images[start : start + self.batch_size]))
                 features.append(readout.pop())
                 if probe is not None:
                     readings.append(probe.reduce(store))

@@ -80,7 +80,7 @@ from bioattn.analysis.neural import (
     UNATTENDED,
 )
 from bioattn.attention.rules import ALL_LAYERS_FACTOR, GainRule, ValueSource, parse_rules
-from bioattn.attention.values import check_values_match
+from bioattn.attention.values import check_values_match, layer_table
 from bioattn.data.composites import QUADRANTS
 from bioattn.data.imageset import ImageSet, resolve_categories
 from bioattn.data.tasks import IMAGE_TYPES, TaskSet, make_task_set
@@ -310,7 +310,7 @@ def map_shapes(
 ) -> dict[str, tuple[int, int, int]]:
     """(C, H, W) of each layer's maps for one image of ``image_shape`` (one forward pass)."""
     with torch.no_grad(), capture_activity(network, layers) as store:
-        network.module(network.preprocess(torch.zeros(1, *image_shape)))
+        network(network.preprocess(torch.zeros(1, *image_shape)))
     return {alias: tuple(int(s) for s in out.shape[1:]) for alias, out in store.items()}
 
 
@@ -544,7 +544,7 @@ def _attrs(
         "bioattn_version": __version__,
         "image_type": config.image_type,
         "source_split": split,
-        "layers": json.dumps([[la.alias, la.name, la.channels] for la in plan.record_layers]),
+        "layers": layer_table(plan.record_layers),
         "network_layers": json.dumps([la.alias for la in network.layers]),
         "attended_categories": json.dumps(plan.categories),
         "attend_layers": json.dumps([s.name for s in plan.settings]),

@@ -146,7 +146,7 @@ def network_features(
 ) -> torch.Tensor:
     """Readout features of [0, 1] ``images`` under ``modulations``, keeping the autograd graph."""
     with modulate(network, modulations or {}), network.capture_readout() as store:
-        network.module(network.preprocess(images))
+        network(network.preprocess(images))
         return store.pop()
 
 

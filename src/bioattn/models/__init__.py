@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bioattn.models.network import LayerInfo, Network, discover_layers
+from bioattn.models.network import LayerInfo, Network
 from bioattn.models.weights import load_state_dict_file, load_weights, save_weights
 from bioattn.models.zoo import (
     FASHION_CATEGORIES,
@@ -27,7 +27,6 @@ __all__ = [
     "LayerInfo",
     "Network",
     "build_network",
-    "discover_layers",
     "list_models",
     "load_state_dict_file",
     "load_weights",

@@ -1,7 +1,8 @@
-"""Forward hooks that read the post-activation activity of attendable layers.
+"""Reading the post-activation activity of attention sites.
 
-The one place where hooks that *read* activity are registered;
-:func:`bioattn.attention.gains.modulate` registers the ones that change it.
+The one place where transforms that *read* activity are registered on sites
+(:meth:`~bioattn.models.network.Network.hook_site`); :func:`bioattn.attention.gains.modulate`
+registers the ones that change it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
+from bioattn.errors import LayerError
 from bioattn.models.network import LayerInfo, Network
 
 
@@ -27,13 +29,16 @@ def capture_activity(
     store: dict[str, torch.Tensor] = {}
     with ExitStack() as stack:
         for layer in layers:
+            if layer.is_group:
+                raise LayerError(
+                    f"cannot read the activity of {layer.name}: it is a group of "
+                    f"{len(layer.members)} sites; read one of them ({', '.join(layer.members)})"
+                )
 
-            def hook(_module, _inputs, output, alias=layer.alias):
+            def keep(output: torch.Tensor, alias: str = layer.alias) -> None:
                 store[alias] = output
-                return None
 
-            handle = network.submodule(layer.activation).register_forward_hook(hook)
-            stack.callback(handle.remove)
+            stack.callback(network.hook_site(layer, keep))
         yield store
 
 
@@ -53,7 +58,7 @@ def record_map_means(
     chunks: dict[str, list[torch.Tensor]] = {layer.alias: [] for layer in layers}
     with torch.no_grad(), capture_activity(network, layers) as store:
         for start in range(0, images.shape[0], batch_size):
-            network.module(network.preprocess(images[start : start + batch_size]))
+            network(network.preprocess(images[start : start + batch_size]))
             for alias, chunk in chunks.items():
                 chunk.append(store[alias].mean(dim=(2, 3)).float().cpu())
     return {alias: torch.cat(chunk) for alias, chunk in chunks.items()}

@@ -1,16 +1,18 @@
-"""A CNN wrapped with what attention experiments need: attendable layers, input normalisation and
+"""A CNN wrapped with what attention experiments need: attention sites, input normalisation and
 the readout features that binary detectors see.
 
-Attendable layers are the ``nn.Conv2d`` modules that are followed by an ``nn.ReLU`` module;
-attention acts on that ReLU's output (after the nonlinearity, before any pooling). Layers are
-named by the conv's dotted module path (``features.0``, as torchvision names them), by a
-VGG-style alias (``conv1_1``: block number, counted by max-pooling layers, and position in the
-block) or by a 1-based number in network order.
+The attendable layers are the network's *attention sites* (:mod:`bioattn.models.sites`): each call
+of an activation (ReLU, ReLU6, LeakyReLU, GELU, SiLU, ELU; module or function) whose output is a
+stack of feature maps, found on the graph ``torch.fx`` traces. Attention acts on that output (after
+the nonlinearity, before any pooling). A site is named by its site name (``features.1``,
+``layer1.0.relu:1``), its alias (``conv1_1`` in VGG-shaped networks), the conv that feeds it
+(``features.0``), or its 1-based number in network order; ``<module>:*`` names all calls of a
+reused module at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
@@ -18,6 +20,9 @@ import torch
 from torch import nn
 
 from bioattn.errors import ConfigError, LayerError
+from bioattn.models.sites import GROUP_SUFFIX, LayerInfo, Sites, find_sites
+
+__all__ = ["PRECISIONS", "LayerInfo", "Network", "resolve_device"]
 
 #: Precisions a network's sweep forward passes can run at (float32 or autocast to a half type).
 PRECISIONS = ("float32", "bfloat16", "float16")
@@ -39,49 +44,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
-@dataclass(frozen=True)
-class LayerInfo:
-    """One attendable layer."""
-
-    number: int  # 1-based position among attendable layers
-    name: str  # dotted path of the conv module, e.g. "features.0"
-    alias: str  # VGG-style alias, e.g. "conv1_1"
-    activation: str  # dotted path of the ReLU whose output attention scales
-    channels: int  # number of feature maps
-
-
-def discover_layers(module: nn.Module) -> list[LayerInfo]:
-    """Find the attendable layers of ``module``: each Conv2d with the next ReLU module after it.
-
-    Modules are visited in registration order, which for ``nn.Sequential`` stacks (VGG and the
-    default network) is execution order. A conv whose next conv comes before any ReLU has no
-    module activation to hook and is skipped.
-    """
-    layers: list[LayerInfo] = []
-    pending: tuple[str, nn.Conv2d] | None = None
-    block, position = 1, 0
-    for name, child in module.named_modules():
-        if isinstance(child, nn.Conv2d):
-            pending = (name, child)
-        elif isinstance(child, (nn.MaxPool2d, nn.AvgPool2d)):
-            if position:
-                block, position = block + 1, 0
-        elif isinstance(child, nn.ReLU) and pending is not None:
-            conv_name, conv = pending
-            position += 1
-            layers.append(
-                LayerInfo(
-                    number=len(layers) + 1,
-                    name=conv_name,
-                    alias=f"conv{block}_{position}",
-                    activation=name,
-                    channels=conv.out_channels,
-                )
-            )
-            pending = None
-    return layers
-
-
 @dataclass
 class Network:
     """A CNN in eval mode plus its attendable layers, normalisation and detector readout.
@@ -98,18 +60,12 @@ class Network:
     std: tuple[float, ...]
     input_size: int | None = None  # side length images are resized/cropped to; None: any size
     categories: tuple[str, ...] = ()  # categories of the classifier head, if known
-    layers: list[LayerInfo] = field(default_factory=list)
     precision: str = "float32"  # forward passes of sweeps: "float32", "bfloat16" or "float16"
+    layers: list[LayerInfo] = field(init=False, default_factory=list)
+    sites: Sites = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.module.eval()
-        if not self.layers:
-            self.layers = discover_layers(self.module)
-        if not self.layers:
-            raise LayerError(
-                f"model {self.name!r} has no attendable layers: bioattn attends the output of an "
-                "nn.ReLU module that follows an nn.Conv2d (functional relu cannot be hooked)"
-            )
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"
@@ -120,24 +76,65 @@ class Network:
                 f"readout module {self.readout!r} not found in model {self.name!r}; "
                 f"give the module whose input is the feature vector (e.g. the last nn.Linear)"
             )
+        self._find_sites()
+
+    def _find_sites(self) -> None:
+        self.sites = find_sites(self.module, self.readout, self.mean, self.input_size, self.name)
+        self.layers = list(self.sites.layers)
+        if not self.layers:
+            raise LayerError(
+                f"model {self.name!r} has no attendable layers: bioattn attends the output of an "
+                "activation (ReLU, ReLU6, LeakyReLU, GELU, SiLU or ELU, as a module or a function) "
+                "whose output is a stack of feature maps (N, C, H, W)"
+            )
 
     # --- layers ---------------------------------------------------------------------------
     def resolve_layer(self, spec: str | int | LayerInfo) -> LayerInfo:
-        """Resolve a dotted path, alias, activation path or 1-based number to a layer."""
+        """Resolve a site name, alias, feeding conv, module path or 1-based number to a layer;
+        ``<module>:*`` gives the group of all calls of a reused module."""
         if isinstance(spec, LayerInfo):
-            return spec
+            if spec in self.layers or spec.name in self.sites.groups:
+                return spec
+            spec = spec.alias  # a layer of another network with these sites (an SSN-CNN's)
         text = str(spec).strip()
-        if text.isdigit():
+        if text.isdigit() and not isinstance(spec, bool):
             number = int(text)
             if 1 <= number <= len(self.layers):
                 return self.layers[number - 1]
         for layer in self.layers:
-            if text in (layer.name, layer.alias, layer.activation):
+            if text in (layer.name, layer.alias):
                 return layer
+        if text in self.sites.groups:
+            return self.sites.groups[text]
+        by_module = [la for la in self.layers if text in (la.activation, la.conv)]
+        if len(by_module) == 1:
+            return by_module[0]
+        if text in self.sites.refused:
+            raise LayerError(
+                f"layer {text!r} of model {self.name!r} cannot be attended: "
+                + self.sites.refused[text]
+            )
+        if by_module:
+            raise LayerError(
+                f"layer {spec!r} of model {self.name!r} is called {len(by_module)} times per "
+                "forward pass; name one call ("
+                + ", ".join(la.name for la in by_module)
+                + (
+                    f") or all of them ({text}{GROUP_SUFFIX})"
+                    if text + GROUP_SUFFIX in self.sites.groups
+                    else ")"
+                )
+            )
+        shown = [
+            f"{layer.alias} ({layer.name})" if layer.alias != layer.name else layer.name
+            for layer in self.layers
+        ]
         raise LayerError(
             f"unknown layer {spec!r} for model {self.name!r}; valid layers are "
             f"1..{len(self.layers)} or: "
-            + ", ".join(f"{layer.alias} ({layer.name})" for layer in self.layers)
+            + ", ".join(shown)
+            + (f"; groups: {', '.join(self.sites.groups)}" if self.sites.groups else "")
+            + " (`bioattn layers` lists them)"
         )
 
     def resolve_layers(self, specs: Sequence[str | int] | str | None) -> list[LayerInfo]:
@@ -148,9 +145,72 @@ class Network:
             specs = [s for s in specs.split(",") if s.strip()]
         return [self.resolve_layer(s) for s in specs]
 
+    def site_table(self) -> list[dict[str, object]]:
+        """One row per site (then per group): number, name, alias, module path, call index,
+        activation kind, feeding conv, maps and spatial size at the probe input."""
+        rows = []
+        for layer in [*self.layers, *self.sites.groups.values()]:
+            size = "x".join(map(str, layer.size)) if layer.size else ""
+            rows.append(
+                {
+                    "#": layer.number or "",
+                    "name": layer.name,
+                    "alias": layer.alias if layer.alias != layer.name else "",
+                    "module": layer.activation or "(function)",
+                    "call": "all" if layer.is_group else layer.call,
+                    "kind": layer.kind,
+                    "conv": layer.conv,
+                    "maps": layer.channels,
+                    "size": size if not layer.is_group else f"{len(layer.members)} calls",
+                }
+            )
+        return rows
+
     def submodule(self, path: str) -> nn.Module:
         """The module at dotted ``path``."""
         return self.module.get_submodule(path)
+
+    def hook_site(
+        self, spec: str | int | LayerInfo, transform: Callable[[torch.Tensor], torch.Tensor | None]
+    ) -> Callable[[], None]:
+        """Apply ``transform`` to a site's output in every forward pass (at every call of a
+        group) until the returned function is called. ``transform`` returns the replacement
+        activity, or None to leave it as it is; transforms run in registration order."""
+        layer = self.resolve_layer(spec)
+        if not layer.nodes:  # module-hook fallback: the module must be called once per pass
+            calls = [0]
+
+            def start(_module: nn.Module, _inputs: object) -> None:
+                calls[0] = 0
+
+            def once(_module: nn.Module, _inputs: object, output: torch.Tensor) -> object:
+                calls[0] += 1
+                if calls[0] > 1:
+                    raise LayerError(
+                        f"module {layer.activation!r} of model {self.name!r} was called more "
+                        "than once in one forward pass, and torch.fx cannot trace the model, so "
+                        "a hook cannot tell the calls apart; attend another layer, or make "
+                        "forward traceable (no data-dependent control flow)"
+                    )
+                return transform(output)
+
+            handles = [
+                self.module.register_forward_pre_hook(start),
+                self.submodule(layer.activation).register_forward_hook(once),
+            ]
+            return lambda: [handle.remove() for handle in handles] and None
+        removers = [self.sites.hooks[node].add(transform) for node in layer.nodes]
+
+        def remove() -> None:
+            for remover in removers:
+                remover()
+
+        return remove
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output for a batch of *preprocessed* images, with the transforms
+        registered on sites (:meth:`hook_site`) applied."""
+        return self.sites.hooked(x)
 
     # --- device and precision -------------------------------------------------------------
     @property
@@ -163,6 +223,10 @@ class Network:
     def to(self, device: str | torch.device) -> Network:
         """Move the model to ``device`` ("cpu", "cuda", "cuda:1", or "auto": CUDA if present)."""
         self.module.to(resolve_device(device))
+        if self.sites.graph is not None and any(
+            node.op == "get_attr" for node in self.sites.graph.graph.nodes
+        ):
+            self._find_sites()  # the traced graph holds tensors .to() replaced in the module
         return self
 
     def autocast(self) -> AbstractContextManager[object]:
@@ -202,6 +266,6 @@ class Network:
         outputs = []
         with torch.no_grad(), self.capture_readout() as store:
             for start in range(0, images.shape[0], batch_size):
-                self.module(self.preprocess(images[start : start + batch_size]))
+                self(self.preprocess(images[start : start + batch_size]))
                 outputs.append(store.pop())
         return torch.cat(outputs) if outputs else torch.empty(0)

@@ -1,8 +1,22 @@
-"""The model zoo: the small default network for Fashion-MNIST, a torchvision-compatible VGG-16,
-and any user model given as ``"package.module:callable"``.
+"""The model zoo: the small default network for Fashion-MNIST, torchvision-compatible VGG-16,
+AlexNet, ResNet-18 and ResNet-50, the DiCarlo lab's CORnet-Z and CORnet-S, and any user model
+given as ``"package.module:callable"``.
 
 :func:`build_network` turns a model spec (and optionally a weights file) into a
 :class:`~bioattn.models.network.Network`. Built-in specs are listed by :func:`list_models`.
+
+ImageNet models
+---------------
+``vgg16``, ``alexnet``, ``resnet18``, ``resnet50``, ``cornet-z`` and ``cornet-s`` are written in
+this project (:mod:`bioattn.models.architectures`; torchvision is not needed) with the original
+releases' state-dict keys and shapes, so their published weight files load as they are
+(``torch.load(..., weights_only=True)`` or safetensors; CORnet's ``{"state_dict": {"module.…"}}``
+checkpoints are unwrapped). All use ImageNet's mean and std and 224-pixel inputs. Detectors read
+the input of ``classifier.6`` (fc7) for VGG-16 and AlexNet, of ``fc`` (the globally pooled
+features) for the ResNets and of ``decoder.linear`` (the pooled IT features) for CORnet;
+``build_network(..., readout=...)`` reads another module's input instead. A weights file that
+lacks BatchNorm's ``num_batches_tracked`` counters (files saved before PyTorch 0.4.1) is given
+zero counters, which eval-mode forward passes never use.
 
 User models
 -----------
@@ -18,14 +32,16 @@ arguments. It may return
   (sequences of floats), ``bioattn_input_size`` (int or None) and ``bioattn_categories``
   (sequence of names).
 
-Attendable layers are the ``nn.Conv2d`` modules followed by an ``nn.ReLU`` *module*; a model that
-calls ``F.relu`` in ``forward`` has no layers bioattn can attend.
+Attendable layers are the model's attention sites (:mod:`bioattn.models.sites`): every call of a
+ReLU, ReLU6, LeakyReLU, GELU, SiLU or ELU (module or function) on feature maps.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,8 +49,9 @@ from torch import nn
 
 from bioattn.data.fashion_mnist import FASHION_MNIST_CATEGORIES
 from bioattn.errors import ConfigError, WeightsError
+from bioattn.models.architectures import ARCHITECTURES, Architecture
 from bioattn.models.network import Network
-from bioattn.models.weights import load_state_dict_file, load_weights
+from bioattn.models.weights import check_state_dict, load_state_dict_file, load_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,7 +70,16 @@ _VGG16_CONFIG: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
 )  # fmt: skip
 
-_BUILTIN = ("fashion-vgg", "vgg16")
+_BUILTIN = ("fashion-vgg", "vgg16", *ARCHITECTURES)
+#: torchvision weights (``torchvision.models.<enum>``) that ``weights="torchvision"`` fetches.
+_TORCHVISION_WEIGHTS = {
+    "vgg16": ("vgg16", "VGG16_Weights.IMAGENET1K_V1"),
+    **{
+        name: (name, arch.torchvision_weights)
+        for name, arch in ARCHITECTURES.items()
+        if arch.torchvision_weights is not None
+    },
+}
 _FASHION_CONV_INDICES = (0, 2, 5, 7, 10, 12)
 
 
@@ -237,55 +263,179 @@ def _build_fashion(
     )
 
 
-def _torchvision_vgg16_state() -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
-    """torchvision's ImageNet VGG-16 weights (from its download cache) and category names."""
+def _torchvision_state(name: str) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+    """torchvision's ImageNet weights for built-in ``name`` (from its download cache) and the
+    category names."""
+    builder, enum_path = _TORCHVISION_WEIGHTS[name]
     try:
         import torchvision
     except ImportError as error:
         raise WeightsError(
             "weights='torchvision' needs torchvision, which is not installed; install the "
             "'torchvision' extra (pip install 'bioattn[torchvision]') or pass the path of a "
-            "VGG-16 .pth/.safetensors state dict as weights"
+            f"{name} .pth/.safetensors state dict as weights"
         ) from error
     try:
-        tv_weights = torchvision.models.VGG16_Weights.IMAGENET1K_V1
-        model = torchvision.models.vgg16(weights=tv_weights)
+        enum_name, member = enum_path.split(".")
+        tv_weights = getattr(getattr(torchvision.models, enum_name), member)
+        model = getattr(torchvision.models, builder)(weights=tv_weights)
         categories = tuple(tv_weights.meta.get("categories", ()))
     except Exception as error:
         raise WeightsError(
-            "could not get torchvision's VGG16_Weights.IMAGENET1K_V1 "
+            f"could not get torchvision's {enum_path} "
             f"({type(error).__name__}: {error}); torchvision downloads them on first use into "
             "the torch hub cache (TORCH_HOME), which needs internet access once - or pass the "
-            "path of a VGG-16 .pth/.safetensors state dict as weights"
+            f"path of a {name} .pth/.safetensors state dict as weights"
         ) from error
     return model.state_dict(), categories
 
 
-def _build_vgg16(weights: str | Path | None, num_classes: int | None) -> Network:
+def _torchvision_only_error(spec: str) -> WeightsError:
+    """The error for ``weights='torchvision'`` on a model torchvision has no weights for."""
+    where = (
+        f"{spec!r} weights are published with {ARCHITECTURES[spec].source}: download the file "
+        "and pass its path"
+        if spec in ARCHITECTURES
+        else f"give {spec!r} a .safetensors/.pth state dict file"
+    )
+    return WeightsError(
+        "weights='torchvision' exists only for "
+        + ", ".join(repr(name) for name in _TORCHVISION_WEIGHTS)
+        + f"; {where}"
+    )
+
+
+def _counter_free(keys: object) -> frozenset[str]:
+    return frozenset(str(k) for k in keys if not str(k).endswith(".num_batches_tracked"))  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _builtin_key_sets() -> dict[str, frozenset[str]]:
+    """State-dict keys (without BatchNorm counters) of each built-in model, built on ``meta``."""
+    with torch.device("meta"):
+        modules: dict[str, nn.Module] = {"fashion-vgg": FashionVGG(), "vgg16": VGG16()}
+        modules.update({name: arch.build(1000) for name, arch in ARCHITECTURES.items()})
+    return {name: _counter_free(module.state_dict()) for name, module in modules.items()}
+
+
+def guess_architecture(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The built-in model whose state-dict keys ``state`` has (BatchNorm counters aside), if any."""
+    keys = _counter_free(state)
+    for name, known in _builtin_key_sets().items():
+        if keys == known:
+            return name
+    return None
+
+
+def _with_batch_counters(
+    module: nn.Module, state: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``state`` plus a zero ``num_batches_tracked`` for each BatchNorm that has running
+    statistics in ``state`` but no counter (files saved before PyTorch 0.4.1 have none; eval-mode
+    forward passes never read it)."""
+    state = dict(state)
+    suffix = "num_batches_tracked"
+    for key in module.state_dict():
+        missing = key.endswith("." + suffix) and key not in state
+        if missing and key[: -len(suffix)] + "running_mean" in state:
+            state[key] = torch.zeros((), dtype=torch.long)
+    return state
+
+
+def _load_checked(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    spec: str,
+    source: str,
+    *,
+    assign: bool = False,
+) -> None:
+    """Load ``state`` into built-in model ``spec``; a mismatch error lists the differences and
+    names the built-in model the file belongs to, when it is one."""
+    state = _with_batch_counters(module, state)
+    problems = check_state_dict(module, state)
+    if problems:
+        guess = guess_architecture(state)
+        if guess is not None and guess != spec:
+            advice = (
+                f"The file holds a {guess!r} state dict: build model {guess!r} with it "
+                f"(--model {guess}), or give {spec!r} weights saved from a {spec!r}"
+            )
+        else:
+            advice = (
+                f"Use weights saved from a {spec!r} (and the same number of classes, or pass "
+                "num_classes)"
+            )
+            if spec in ARCHITECTURES:
+                advice += f"; {spec!r} follows {ARCHITECTURES[spec].source}"
+        raise WeightsError(
+            f"weights from {source} do not match the model {spec!r} ({type(module).__name__}): "
+            + "; ".join(problems)
+            + f" (after unwrapping 'state_dict' and removing any 'module.' prefix). {advice}"
+        )
+    load_weights(module, state, assign=assign)
+
+
+def _build_imagenet(
+    spec: str,
+    factory: object,
+    default_readout: str,
+    head: str,
+    weights: str | Path | None,
+    num_classes: int | None,
+    readout: str | None,
+) -> Network:
+    """A built-in ImageNet model (VGG-16 or one of ``ARCHITECTURES``) as a Network."""
     state = None
     categories: tuple[str, ...] = ()
+    source = ""
     if weights is not None:
         if str(weights) == "torchvision":
-            state, categories = _torchvision_vgg16_state()
+            if spec not in _TORCHVISION_WEIGHTS:
+                raise _torchvision_only_error(spec)
+            state, categories = _torchvision_state(spec)
+            source = "torchvision"
         else:
             state = load_state_dict_file(weights)
+            source = repr(str(weights))
         if num_classes is None:
-            num_classes = _classes_in(state, "classifier.6.weight")
+            num_classes = _classes_in(state, head)
     if state is None:
-        module = VGG16(num_classes or 1000)
+        module = factory(num_classes or 1000)  # type: ignore[operator]
     else:
-        # Build without allocating or initialising (138M parameters), then take the file's tensors.
+        # Build without allocating or initialising (millions of parameters), then take the
+        # file's tensors.
         with torch.device("meta"):
-            module = VGG16(num_classes or 1000)
-        load_weights(module, state, assign=True)
+            module = factory(num_classes or 1000)  # type: ignore[operator]
+        _load_checked(module, state, spec, source, assign=True)
+    classes = int(module.get_submodule(head.rsplit(".", 1)[0]).out_features)
     return Network(
         module=module,
-        name="vgg16",
-        readout="classifier.6",
+        name=spec,
+        readout=readout or default_readout,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         input_size=224,
-        categories=categories if len(categories) == module.classifier[6].out_features else (),
+        categories=categories if len(categories) == classes else (),
+    )
+
+
+def _build_vgg16(
+    weights: str | Path | None, num_classes: int | None, readout: str | None = None
+) -> Network:
+    return _build_imagenet(
+        "vgg16", VGG16, "classifier.6", "classifier.6.weight", weights, num_classes, readout
+    )
+
+
+def _build_architecture(
+    arch: Architecture,
+    weights: str | Path | None,
+    num_classes: int | None,
+    readout: str | None,
+) -> Network:
+    return _build_imagenet(
+        arch.name, arch.build, arch.readout, arch.head, weights, num_classes, readout
     )
 
 
@@ -343,7 +493,7 @@ def _floats(value: object, what: str, spec: str) -> tuple[float, ...]:
     return values
 
 
-def _build_user(spec: str, weights: str | Path | None) -> Network:
+def _build_user(spec: str, weights: str | Path | None, readout: str | None = None) -> Network:
     py_module, factory = _import_callable(spec)
     try:
         built = factory()  # type: ignore[operator]
@@ -354,8 +504,10 @@ def _build_user(spec: str, weights: str | Path | None) -> Network:
         ) from error
     if isinstance(built, Network):
         network = built
+        if readout is not None and readout != network.readout:
+            network = replace(network, readout=readout)
     elif isinstance(built, nn.Module):
-        readout = getattr(py_module, "bioattn_readout", None) or _last_linear(built)
+        readout = readout or getattr(py_module, "bioattn_readout", None) or _last_linear(built)
         if readout is None:
             raise ConfigError(
                 f"model {spec!r} has no nn.Linear to read features from; set "
@@ -384,10 +536,7 @@ def _build_user(spec: str, weights: str | Path | None) -> Network:
         )
     if weights is not None:
         if str(weights) == "torchvision":
-            raise WeightsError(
-                "weights='torchvision' exists only for 'vgg16'; give a user model a "
-                ".safetensors/.pth state dict file"
-            )
+            raise _torchvision_only_error(spec)
         load_weights(network.module, weights)
     network.module.eval()
     return network
@@ -400,20 +549,25 @@ def build_network(
     num_classes: int | None = None,
     widths: Sequence[int] | None = None,
     seed: int = 0,
+    readout: str | None = None,
 ) -> Network:
     """Build a model and wrap it as a :class:`Network` in eval mode.
 
     Args:
-        spec: ``"fashion-vgg"`` (the small default network), ``"vgg16"`` (torchvision-compatible
-            VGG-16, readout fc7) or ``"package.module:callable"`` (see the module docstring).
+        spec: ``"fashion-vgg"`` (the small default network), an ImageNet architecture
+            (``"vgg16"``, ``"alexnet"``, ``"resnet18"``, ``"resnet50"``, ``"cornet-z"``,
+            ``"cornet-s"``; see the module docstring) or ``"package.module:callable"``.
         weights: a ``.safetensors``/``.pth``/``.pt`` state dict file (loaded safely and checked
-            against the model), ``"torchvision"`` for ``vgg16``'s ImageNet weights from
-            torchvision, or None to keep the seeded random initialisation.
+            against the model), ``"torchvision"`` for torchvision's ImageNet weights of vgg16,
+            alexnet and the ResNets (needs torchvision and its download cache), or None to keep
+            the seeded random initialisation.
         num_classes: size of the classifier head of a built-in model; by default read from the
-            weights file, else 10 (fashion-vgg) or 1000 (vgg16).
+            weights file, else 10 (fashion-vgg) or 1000 (the ImageNet models).
         widths: channel widths of fashion-vgg's three blocks; by default read from the weights
             file, else DEFAULT_FASHION_WIDTHS (16, 32, 64).
         seed: seed for the random initialisation (the global RNG state is left untouched).
+        readout: the module whose input detectors read, instead of the model's default (the
+            last linear layer's input; fc7 for vgg16 and alexnet).
 
     Raises:
         ConfigError: unknown spec, options that do not apply to it, or a user model that cannot
@@ -434,7 +588,10 @@ def build_network(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if builtin == "fashion-vgg":
-            return _build_fashion(weights, num_classes, widths)
+            network = _build_fashion(weights, num_classes, widths)
+            return network if readout is None else replace(network, readout=readout)
         if builtin == "vgg16":
-            return _build_vgg16(weights, num_classes)
-        return _build_user(spec, weights)
+            return _build_vgg16(weights, num_classes, readout)
+        if builtin in ARCHITECTURES:
+            return _build_architecture(ARCHITECTURES[builtin], weights, num_classes, readout)
+        return _build_user(spec, weights, readout)

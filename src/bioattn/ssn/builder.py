@@ -192,8 +192,8 @@ def build_ssn_network(
         input_size=network.input_size,
         categories=network.categories,
     )
-    before = [(la.alias, la.name, la.channels) for la in network.layers]
-    after = [(la.alias, la.name, la.channels) for la in ssn_network.layers]
+    before = [(la.alias, la.conv or la.name, la.channels) for la in network.layers]
+    after = [(la.alias, la.conv or la.name, la.channels) for la in ssn_network.layers]
     if before != after:
         raise LayerError(
             f"replacing ReLUs by SSNs changed the attendable layers of {network.name!r} "
@@ -228,7 +228,7 @@ def _run_until(
         with torch.no_grad():
             for start in range(0, images.shape[0], batch_size):
                 with suppress(_StopForwardError):
-                    network.module(network.preprocess(images[start : start + batch_size]))
+                    network(network.preprocess(images[start : start + batch_size]))
     finally:
         handle.remove()
 
@@ -243,7 +243,7 @@ def conv_output(
     layer = network.resolve_layer(spec)
     chunks: list[torch.Tensor] = []
     _run_until(
-        network, network.submodule(layer.name), images, batch_size, lambda x: chunks.append(x)
+        network, network.submodule(layer.conv), images, batch_size, lambda x: chunks.append(x)
     )
     return torch.cat(chunks)
 
@@ -260,7 +260,7 @@ def _conv_output_stats(
         total += float(positive.sum())
         count += int(positive.numel())
 
-    _run_until(network, block, images, batch_size, collect, at_input=True)
+    _run_until(network, block.ssn, images, batch_size, collect, at_input=True)
     if count == 0:
         raise ConfigError(
             f"calibration: the conv output feeding SSN layer {block.ssn.name} is never positive "
@@ -278,7 +278,7 @@ def _ssn_map_means(
     def collect(output: torch.Tensor) -> None:
         sums.add_(output.mean(dim=(2, 3)).sum(0).to(torch.float64))
 
-    _run_until(network, block, images, batch_size, collect)
+    _run_until(network, block.ssn, images, batch_size, collect)
     return sums / images.shape[0]
 
 

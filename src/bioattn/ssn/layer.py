@@ -321,6 +321,10 @@ class SSNLayer(nn.Module):
     input (attention at a later layer) costs nothing there.
     """
 
+    #: Kept out of torch.fx tracing (its solver loops until convergence): the SSN-CNN's site is
+    #: the identity ReLU after it (see :mod:`bioattn.models.sites`).
+    bioattn_leaf = True
+
     def __init__(
         self,
         channels: int,
@@ -797,13 +801,10 @@ class SSNLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Steady-state E rates × ``output_scale`` for conv output ``x`` (N, C, H, W).
 
-        Under ``torch.fx`` symbolic tracing the layer records itself as one opaque module call
-        (like a leaf module), so tools that split networks into traced pieces, such as the sweep
-        engine, keep working on SSN-CNNs.
+        On the ``meta`` device (a shape-only pass) it returns an empty tensor of ``x``'s shape.
         """
-        if isinstance(x, torch.fx.Proxy):
-            tracer = x.tracer
-            return tracer.create_proxy("call_module", tracer.path_of_module(self), (x,), {})
+        if x.is_meta:
+            return torch.empty_like(x)
         scale = self.output_scale.to(x.dtype).view(1, -1, 1, 1)
         h_e, h_i = self.drives(x)
         if torch.is_grad_enabled() and (h_e.requires_grad or h_i.requires_grad):
