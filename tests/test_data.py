@@ -559,3 +559,46 @@ def test_fashion_mnist_array_task() -> None:
     assert task.images.shape == (150, 1, 56, 56)
     assert task.split == "test" and task.target_name == "Bag"
     assert torch.all((task.contents == 8).any(dim=1) == task.is_target)
+
+
+# --- image folders brought to the model's input ------------------------------------------------
+
+
+def test_folder_geometry_follows_the_model_unless_data_says_otherwise():
+    from bioattn.experiments.config import DataSection
+    from bioattn.experiments.prepare import folder_geometry
+    from bioattn.models.zoo import build_network
+    from tests.conftest import make_tiny_network
+
+    folder = {"kind": "image-folder", "path": "x"}
+    grey_any_size = make_tiny_network()  # 1 input channel, any size
+    assert folder_geometry(DataSection(**folder), grey_any_size) == (None, None, True)
+    assert folder_geometry(DataSection(**folder, size=20), grey_any_size) == (20, 20, True)
+    alexnet = build_network("alexnet")  # 3 channels, 224 px
+    assert folder_geometry(DataSection(**folder), alexnet) == (224, 256, False)
+    assert folder_geometry(DataSection(**folder, channels=1), alexnet) == (224, 256, True)
+    with pytest.raises(ConfigError, match="channels = 3 but model 'tiny' takes 1-channel"):
+        folder_geometry(DataSection(**folder, channels=3), grey_any_size)
+    with pytest.raises(ConfigError, match="channels must be 1"):
+        DataSection(**folder, channels=2)
+
+
+def test_a_grey_folder_loads_at_its_own_size_and_upscaling_is_announced(tmp_path):
+    from bioattn.experiments.config import DataSection
+    from bioattn.experiments.prepare import load_images
+    from tests.conftest import make_tiny_network
+
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((28, 28), 40 * i, np.uint8)).save(
+                    tmp_path / split / name / f"{i}.png"
+                )
+    data = DataSection(kind="image-folder", path=str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no upscaling at the images' own size
+        train, _test = load_images(data, make_tiny_network())
+    assert train.images.shape == (4, 1, 28, 28)
+    with pytest.warns(UserWarning, match=r"4 of 4 images .* upscaled \(e.g. 0.png: 28x28"):
+        load_images(DataSection(kind="image-folder", path=str(tmp_path), size=56), None)

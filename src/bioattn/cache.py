@@ -27,7 +27,8 @@ def update_with_tensor(digest: Any, tensor: torch.Tensor) -> None:
     """Feed a tensor's shape, dtype and contents into a ``hashlib`` digest."""
     array = tensor.detach().cpu().contiguous()
     digest.update(f"{tuple(array.shape)} {array.dtype}".encode())
-    digest.update(array.view(torch.uint8).numpy().tobytes() if array.numel() else b"")
+    # flattened first: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+    digest.update(array.reshape(-1).view(torch.uint8).numpy().tobytes() if array.numel() else b"")
 
 
 def settings_key(settings: dict[str, Any]) -> str:

@@ -130,6 +130,8 @@ def load_image_folder_report(
         files.extend((p, label) for p in found)
 
     mode = "L" if grayscale else "RGB"
+    target = resize if resize is not None else size  # short side the images are brought to
+    upscaled: list[tuple[Path, tuple[int, int]]] = []
     arrays: list[np.ndarray] = []
     labels: list[int] = []
     paths: list[Path] = []
@@ -138,6 +140,8 @@ def load_image_folder_report(
         try:
             with Image.open(path) as image:
                 image.load()
+                if target is not None and min(image.size) < target:
+                    upscaled.append((path, image.size))
                 array = _preprocess(image, size, resize, mode)
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -156,6 +160,15 @@ def load_image_folder_report(
         raise DataError(
             f"none of the {len(files)} image files in {root} could be read; first problem: "
             f"{skipped[0][0]}: {skipped[0][1]}"
+        )
+    if upscaled:
+        path, (width, height) = upscaled[0]
+        warnings.warn(
+            f"{len(upscaled)} of {len(arrays)} images in {root} are smaller than the input they "
+            f"are brought to and were upscaled (e.g. {path.name}: {width}x{height} to a short "
+            f"side of {target}); that costs compute and adds no detail - give [data] size (and "
+            "resize) near the images' own size if the model takes it",
+            stacklevel=2,
         )
     stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     image_set = ImageSet(

@@ -70,12 +70,21 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    """Where images come from; image folders are resized and centre-cropped to ``size``."""
+    """Where images come from, and how image folders are brought to the model's input.
+
+    ``size`` (square centre crop) and ``resize`` (short side before the crop) default to the
+    model's: a model with a fixed input size (224 for the ImageNet architectures) gets that
+    crop after resizing the short side to 256/224 of it, the ImageNet way; a model that takes
+    any size (the default network, most user models) gets the images at their own size (they
+    must then share one). ``channels`` (1: grey, 3: RGB) defaults to what the model's first
+    convolution takes.
+    """
 
     kind: str = "fashion-mnist"
     path: str = ""
-    size: int = 224
-    resize: int = 256
+    size: int | None = None
+    resize: int | None = None
+    channels: int | None = None
     detector_images: int = 100  # training images per category for fitting detectors
 
     def __post_init__(self) -> None:
@@ -88,11 +97,15 @@ class DataSection:
                 "[data] kind 'image-folder' needs a path: a folder with train/ and test/ "
                 "sub-folders, each with one sub-folder of images per category"
             )
-        if self.size < 8 or self.resize < self.size:
+        if self.size is not None and self.size < 8:
+            raise ConfigError(f"[data] size must be ≥ 8 pixels, got {self.size}")
+        if self.resize is not None and self.resize < (self.size or 8):
             raise ConfigError(
-                f"[data] needs size ≥ 8 and resize ≥ size, got size={self.size}, "
-                f"resize={self.resize}"
+                f"[data] resize (the short side before the crop) must be ≥ size, got "
+                f"size={self.size}, resize={self.resize}"
             )
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"[data] channels must be 1 (grey) or 3 (RGB), got {self.channels!r}")
         if self.detector_images < 2:
             raise ConfigError(f"[data] detector_images must be ≥ 2, got {self.detector_images}")
 
@@ -209,6 +222,17 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     raise ConfigError(f"{where} = {value!r} has the wrong type: expected {_type_name(annotation)}")
 
 
+#: Keys that name layers: TOML may give each as a 1-based number (``layers = [1, 5]``) or a name.
+_LAYER_KEYS = frozenset({"layers"})
+
+
+def _layer_names(value: Any) -> Any:
+    """Layer numbers given as TOML integers, as the strings layer lookups take."""
+    if not isinstance(value, list):
+        return value
+    return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+
+
 def _section(cls: type, table: Any, name: str) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(f"[{name}] must be a table of keys, got {table!r}")
@@ -219,7 +243,12 @@ def _section(cls: type, table: Any, name: str) -> Any:
         raise ConfigError(
             f"unknown key(s) {', '.join(unknown)} in [{name}]; allowed: {', '.join(known)}"
         )
-    kwargs = {key: _convert(value, hints[key], f"[{name}] {key}") for key, value in table.items()}
+    kwargs = {
+        key: _convert(
+            _layer_names(value) if key in _LAYER_KEYS else value, hints[key], f"[{name}] {key}"
+        )
+        for key, value in table.items()
+    }
     return cls(**kwargs)
 
 

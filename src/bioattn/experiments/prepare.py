@@ -57,11 +57,40 @@ def _is_default(config: ExperimentConfig) -> bool:
     return config.model.spec == "fashion-vgg" and not config.model.weights
 
 
-def load_images(data: DataSection) -> tuple[ImageSet, ImageSet]:
-    """The training and test images of a ``[data]`` section."""
+def folder_geometry(
+    data: DataSection, network: Network | None = None
+) -> tuple[int | None, int | None, bool]:
+    """(crop size, short side before the crop, grey?) for an image folder and a model.
+
+    What ``[data]`` leaves out comes from the model (see :class:`DataSection`): its input size
+    (then the short side is 256/224 of it, as for ImageNet) or the images' own size, and the
+    channels its first convolution takes.
+    """
+    model_size = network.input_size if network is not None else None
+    size = data.size if data.size is not None else model_size
+    if data.resize is not None:
+        resize = data.resize
+    elif size is None:
+        resize = None
+    else:
+        resize = round(size * 256 / 224) if data.size is None else size
+    model_channels = network.input_channels if network is not None else None
+    channels = data.channels or model_channels or 3
+    if data.channels == 3 and model_channels == 1:
+        raise ConfigError(
+            f"[data] channels = 3 but model {network.name!r} takes 1-channel (grey) images; "  # type: ignore[union-attr]
+            "set [data] channels = 1 or leave it out"
+        )
+    return size, resize, channels == 1
+
+
+def load_images(data: DataSection, network: Network | None = None) -> tuple[ImageSet, ImageSet]:
+    """The training and test images of a ``[data]`` section, for ``network`` (see
+    :func:`folder_geometry`)."""
     if data.kind == "fashion-mnist":
         directory = data.path or None
         return load_fashion_mnist("train", directory), load_fashion_mnist("test", directory)
+    size, resize, grey = folder_geometry(data, network)
     root = Path(data.path).expanduser()
     for split in ("train", "test"):
         if not (root / split).is_dir():
@@ -69,8 +98,8 @@ def load_images(data: DataSection) -> tuple[ImageSet, ImageSet]:
                 f"image folder {root} needs a {split}/ sub-folder with one sub-folder of images "
                 "per category (the same categories in train/ and test/)"
             )
-    train = load_image_folder(root / "train", size=data.size, resize=data.resize)
-    test = load_image_folder(root / "test", size=data.size, resize=data.resize)
+    train = load_image_folder(root / "train", size=size, resize=resize, grayscale=grey)
+    test = load_image_folder(root / "test", size=size, resize=resize, grayscale=grey)
     if train.categories != test.categories:
         raise DataError(
             f"train/ and test/ of {root} hold different categories: {list(train.categories)} vs "
@@ -102,7 +131,6 @@ def prepare(
     elif not isinstance(config, ExperimentConfig):
         config = load_config(config)
     run = Path(run_dir) if run_dir is not None else Path(config.run.out)
-    train, test = load_images(config.data)
     if _is_default(config):
         if config.data.kind != "fashion-mnist":
             raise ConfigError(
@@ -113,6 +141,7 @@ def prepare(
             TrainSettings(seed=config.model.seed), config.data.path or None, progress=progress
         )
         network, detectors = trained.network, trained.detectors
+        train, test = load_images(config.data, network)
         model_info = {
             "name": network.name,
             "seed": config.model.seed,
@@ -123,6 +152,7 @@ def prepare(
         network = build_network(
             config.model.spec, config.model.weights or None, seed=config.model.seed
         )
+        train, test = load_images(config.data, network)
         detectors_path = run / "detectors.safetensors"
         if detectors_path.exists():
             detectors = Detectors.load(detectors_path)

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -134,17 +135,30 @@ def _error_path(run_dir: Path, shard: Shard) -> Path:
     return run_dir / SHARD_FOLDER / f"{shard.name}.error.txt"
 
 
-def write_shard(path: Path, table: pd.DataFrame, fingerprint: str, shard: Shard) -> None:
-    """Write a shard's rows atomically, tagged with the sweep's fingerprint and its row count."""
+def write_shard(
+    path: Path, table: pd.DataFrame, fingerprint: str, shard: Shard, seconds: float = 0.0
+) -> None:
+    """Write a shard's rows atomically, tagged with the sweep's fingerprint, its row count and
+    the seconds it took to compute."""
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     tag = {"fingerprint": fingerprint, "category": shard.category, "layer": shard.layer}
     tag["rows"] = len(table)
+    tag["seconds"] = round(float(seconds), 3)
     arrow = arrow.replace_schema_metadata(
         {**(arrow.schema.metadata or {}), _METADATA_KEY: json.dumps(tag).encode()}
     )
     sink = pa.BufferOutputStream()
     pq.write_table(arrow, sink)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def shard_seconds(run_dir: Path, shard: Shard) -> float:
+    """The compute time a finished shard's tag records (0 when it has none or is unreadable)."""
+    try:
+        raw = (pq.read_schema(_shard_path(Path(run_dir), shard)).metadata or {}).get(_METADATA_KEY)
+        return float(json.loads(raw).get("seconds", 0.0)) if raw else 0.0
+    except (OSError, pa.ArrowException, ValueError):
+        return 0.0
 
 
 def read_shard(path: Path, fingerprint: str, shard: Shard) -> pd.DataFrame:
@@ -205,6 +219,7 @@ def run_shards(
             outcomes.append(ShardOutcome(shard, "skipped"))
             continue
         try:
+            began = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the β = 0 note was given once for the sweep
                 table = run_sweep(
@@ -216,7 +231,7 @@ def run_shards(
                     progress=False,
                     tasks=tasks,
                 )
-            write_shard(path, table, fingerprint, shard)
+            write_shard(path, table, fingerprint, shard, time.perf_counter() - began)
             error_path.unlink(missing_ok=True)
             outcomes.append(ShardOutcome(shard, "done"))
         except Exception as error:  # a failed shard must not lose the others
@@ -398,7 +413,6 @@ def run_configured_sweep(config: ExperimentConfig, progress: bool = True) -> dic
     results folder (tables, figures, ``config.json``). Raises :class:`SweepIncompleteError` when
     shards failed; the finished ones stay and a rerun retries the rest.
     """
-    import time
 
     started = time.perf_counter()
     run_dir = Path(config.run.out)
@@ -475,9 +489,18 @@ def run_configured_sweep(config: ExperimentConfig, progress: bool = True) -> dic
         {"experiment": config.to_dict(), "fingerprint": fingerprint},
         model={"name": network.name, "device": str(network.device)},
         results={"shards": counts, "precision_check": precision},
-        timings={"total": time.perf_counter() - started},
+        timings=_sweep_timings(run_dir, outcomes, time.perf_counter() - started),
     )
     return {"table": table, "gains": gains, "summary": summary, "figures": figures, **counts}
+
+
+def _sweep_timings(
+    run_dir: Path, outcomes: Sequence[ShardOutcome], this_run: float
+) -> dict[str, float]:
+    """This invocation's wall time, the compute time of shards finished by earlier (resumed)
+    invocations, read from their tags, and their sum."""
+    earlier = sum(shard_seconds(run_dir, o.shard) for o in outcomes if o.status == "skipped")
+    return {"total": this_run + earlier, "this_run": this_run, "earlier_runs": earlier}
 
 
 #: Largest change of performance ((TP + TN) / 2) from reduced precision that passes unremarked.

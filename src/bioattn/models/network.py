@@ -212,6 +212,14 @@ class Network:
         registered on sites (:meth:`hook_site`) applied."""
         return self.sites.hooked(x)
 
+    @property
+    def input_channels(self) -> int:
+        """Channels of the images the model takes: its first convolution's, else len(mean)."""
+        for module in self.module.modules():
+            if isinstance(module, nn.Conv2d):
+                return int(module.in_channels)
+        return len(self.mean)
+
     # --- device and precision -------------------------------------------------------------
     @property
     def device(self) -> torch.device:
