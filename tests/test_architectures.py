@@ -371,3 +371,29 @@ def test_layers_command_shows_every_site(capsys):
     header = printed.splitlines()[0].split()
     assert header == ["#", "name", "alias", "module", "call", "kind", "conv", "maps", "size"]
     assert "layer1.0.relu:1" in printed and "56x56" in printed and "layer4.1.relu:*" in printed
+
+
+def test_the_readout_can_be_chosen_per_model_and_in_the_config():
+    from bioattn.experiments.config import parse_config
+
+    network = build_network("cornet-z", readout="IT")  # the input of IT: V4's pooled maps
+    assert network.readout_features(torch.rand(1, 3, 32, 32)).shape == (1, 256 * 2 * 2)
+    config = parse_config({"model": {"spec": "cornet-z", "readout": "IT"}})
+    assert config.model.readout == "IT"
+    with pytest.raises(LayerError, match="readout module 'nope' not found"):
+        build_network("cornet-z", readout="nope")
+
+
+def test_site_activity_is_read_per_call():
+    from bioattn.models.hooks import record_map_means
+
+    torch.manual_seed(0)
+    network = Network(ReusedRelu(), "reused", "fc", (0.0,), (1.0,))
+    x = torch.rand(3, 1, 6, 6)
+    means = record_map_means(network, x)
+    module = network.module
+    with torch.no_grad():
+        first = F.relu(module.conv1(x))
+        second = F.relu(module.conv2(first))
+    torch.testing.assert_close(means["relu:0"], first.mean(dim=(2, 3)))
+    torch.testing.assert_close(means["relu:1"], second.mean(dim=(2, 3)))

@@ -79,6 +79,7 @@ def add_model_options(
     from bioattn.data.fashion_mnist import DATA_ENV_VAR, DEFAULT_DATA_DIR
     from bioattn.experiments.config import DATA_KINDS, ModelSection
     from bioattn.models.network import PRECISIONS
+    from bioattn.models.zoo import list_models
 
     group = parser.add_argument_group("model and data (flags override --config)", note)
     group.add_argument(
@@ -90,11 +91,16 @@ def add_model_options(
     group.add_argument(
         "--model",
         default=None,
-        help=f"network: fashion-vgg, vgg16 or package.module:callable (default "
+        help=f"network: {', '.join(list_models())} or package.module:callable (default "
         f"{default_of(ModelSection, 'spec')}: the trained default)",
     )
     group.add_argument(
         "--weights", default=None, help="weights file of the model (.safetensors or .pth)"
+    )
+    group.add_argument(
+        "--readout",
+        default=None,
+        help="module whose input the detectors read (default: the model's, e.g. fc7 of vgg16)",
     )
     group.add_argument(
         "--data",
@@ -160,6 +166,7 @@ def experiment_config(args: argparse.Namespace, **sections: dict[str, Any]) -> E
         "seed": getattr(args, "seed", None),
         "device": args.device,
         "precision": args.precision,
+        "readout": getattr(args, "readout", None),
     }
     data = {"path": None if args.data is None else str(args.data), "kind": args.data_kind}
     return with_overrides(config, model=model, data=data, **sections)

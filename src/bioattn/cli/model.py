@@ -107,8 +107,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retrain", action="store_true", help="ignore the cache and train again")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("layers", help="list a model's attendable layers")
-    p.add_argument("model", help="fashion-vgg, vgg16, or package.module:callable")
+    p = sub.add_parser("layers", help="list a model's attention sites (attendable layers)")
+    p.add_argument(
+        "model",
+        help="fashion-vgg, vgg16, alexnet, resnet18, resnet50, cornet-z, cornet-s, or "
+        "package.module:callable",
+    )
     p.add_argument("--weights", default=None, help="weights file (.safetensors or .pth)")
     p.set_defaults(func=cmd_layers)
 

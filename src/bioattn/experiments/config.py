@@ -56,12 +56,16 @@ class ModelSection:
     seed: int = 0
     device: str = "cpu"  # "cpu", "cuda", "cuda:N" or "auto" (CUDA when present)
     precision: str = "float32"  # sweeps' forward passes: "float32", "bfloat16" or "float16"
+    readout: str = ""  # module whose input detectors read; empty: the model's default
 
     def __post_init__(self) -> None:
         from bioattn.models.network import PRECISIONS
 
         if not self.spec.strip():
-            raise ConfigError("[model] spec is empty; give fashion-vgg, vgg16 or pkg.mod:fn")
+            raise ConfigError(
+                "[model] spec is empty; give a built-in (`bioattn layers --help` lists them) "
+                "or package.module:callable"
+            )
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"[model] precision {self.precision!r} is not known; valid: {', '.join(PRECISIONS)}"

@@ -150,7 +150,10 @@ def prepare(
         }
     else:
         network = build_network(
-            config.model.spec, config.model.weights or None, seed=config.model.seed
+            config.model.spec,
+            config.model.weights or None,
+            seed=config.model.seed,
+            readout=config.model.readout or None,
         )
         train, test = load_images(config.data, network)
         detectors_path = run / "detectors.safetensors"
@@ -167,6 +170,7 @@ def prepare(
             "name": network.name,
             "spec": config.model.spec,
             "weights": config.model.weights,
+            "readout": network.readout,
             "seed": config.model.seed,
             "detectors": str(detectors_path),
         }
