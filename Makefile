@@ -38,6 +38,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/recording.py
+	$(PY) benchmarks/architectures.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
