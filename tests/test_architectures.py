@@ -397,3 +397,125 @@ def test_site_activity_is_read_per_call():
         second = F.relu(module.conv2(first))
     torch.testing.assert_close(means["relu:0"], first.mean(dim=(2, 3)))
     torch.testing.assert_close(means["relu:1"], second.mean(dim=(2, 3)))
+
+
+# --- review fixes: names, fallbacks, groups, the SSN builder ---------------------------------
+
+
+class Colliding(nn.Module):
+    """A ``relu`` module and an ``F.relu`` call in one block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 2, 3, padding=1)
+        self.c2 = nn.Conv2d(2, 2, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.c2(self.relu(self.c1(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_a_functional_call_never_takes_a_modules_name():
+    network = Network(Colliding(), "colliding", "fc", (0.0,), (1.0,))
+    assert [la.name for la in network.layers] == ["relu", "relu()"]
+    assert len({la.alias for la in network.layers}) == 2
+
+
+class StateChanging(nn.Module):
+    """Changes a conv's stride inside forward (as the released CORnet-S does): a trace bakes in
+    one stride, so the traced graph does not compute what forward does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.act2 = nn.ReLU()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.conv.stride = (2, 2)
+        x = self.relu(self.conv(x))
+        self.conv.stride = (1, 1)
+        x = self.act2(self.conv(x[:, :1]))
+        return self.fc(x.sum(dim=(2, 3)))
+
+
+def test_a_graph_that_does_not_reproduce_forward_falls_back_to_hooks():
+    module = StateChanging()
+    nn.init.constant_(module.conv.weight, 0.1)  # active maps, so the strides show in the output
+    nn.init.constant_(module.conv.bias, 0.1)
+    with pytest.warns(UserWarning, match="does not compute what the model's forward does"):
+        network = Network(module, "stateful", "fc", (0.0,), (1.0,))
+    assert network.sites.graph is None
+    assert [(la.name, la.size) for la in network.layers] == [("relu", (32, 32)), ("act2", (32, 32))]
+
+
+class FixedHead(nn.Module):
+    """Untraceable, with a linear head that takes 28x28 inputs only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(2 * 28 * 28, 2)
+
+    def forward(self, x: torch.Tensor, flat: bool = True) -> torch.Tensor:
+        x = self.relu(self.conv(x))
+        if flat:
+            x = torch.flatten(x, 1)
+        return self.fc(x)
+
+
+def test_failed_probe_sizes_do_not_count_as_calls():
+    with pytest.warns(UserWarning, match="cannot trace") as caught:
+        network = Network(FixedHead(), "fixed", "fc", (0.0,), (1.0,))
+    assert [la.name for la in network.layers] == ["relu"]
+    assert network.sites.probe_size == 28
+    assert not any("refused" in str(w.message) for w in caught)
+
+
+def test_two_groups_in_one_engine_get_their_own_plans():
+    network = build_network("cornet-s", seed=0)
+    detectors = _random_detectors(network)
+    task = make_task_set(_rgb_images(4, 32, "test"), "red", "merged", 2, 2, seed=0)
+    groups = [network.resolve_layer(name) for name in ("V2.nonlin1:*", "V4.nonlin1:*")]
+    conditions = [{g: Modulation(scale=torch.full((g.channels,), 1.5))} for g in groups]
+    engine = SweepEngine(network, detectors)
+    split = torch.cat([engine.condition_logits(task, [c]) for c in conditions])
+    naive = naive_condition_logits(network, detectors, task, conditions)
+    # (one gain at all four V4 steps compounds float32 rounding: relative 1e-4 here)
+    torch.testing.assert_close(split, naive, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(split[0], split[1])
+
+
+def test_the_ssn_builder_refuses_functional_and_reused_activations():
+    from bioattn.ssn.builder import build_ssn_network
+
+    functional = Network(Colliding(), "colliding", "fc", (0.0,), (1.0,))
+    with pytest.raises(LayerError, match="functional activation"):
+        build_ssn_network(functional, ["relu()"])
+    reused = Network(ReusedRelu(), "reused", "fc", (0.0,), (1.0,))
+    with pytest.raises(LayerError, match=r"runs at 2 sites \(relu:0, relu:1\)"):
+        build_ssn_network(reused, ["relu:0"])
+
+
+def test_moving_a_network_while_it_is_modulated_is_refused():
+    from bioattn.errors import ConfigError
+
+    network = Network(ReusedRelu(), "reused", "fc", (0.0,), (1.0,))
+    with (
+        modulate(network, {"relu:0": Modulation(scale=torch.zeros(3))}),
+        pytest.raises(ConfigError, match="move it first"),
+    ):
+        network.to("cpu")
+    assert network.to("cpu") is network
+
+
+def test_shard_names_of_site_names_are_file_name_safe():
+    from bioattn.experiments.shards import Shard
+
+    names = {Shard("Bag", layer).name for layer in ("layer1.0.relu:1", "layer1.0.relu:0", "V4.r:*")}
+    assert len(names) == 3 and all(":" not in n and "*" not in n for n in names)
+    assert Shard("Bag", "conv1_1").name.endswith("__conv1_1")  # unchanged for plain aliases

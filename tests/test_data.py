@@ -573,7 +573,8 @@ def test_folder_geometry_follows_the_model_unless_data_says_otherwise():
     folder = {"kind": "image-folder", "path": "x"}
     grey_any_size = make_tiny_network()  # 1 input channel, any size
     assert folder_geometry(DataSection(**folder), grey_any_size) == (None, None, True)
-    assert folder_geometry(DataSection(**folder, size=20), grey_any_size) == (20, 20, True)
+    assert folder_geometry(DataSection(**folder, size=20), grey_any_size) == (20, 23, True)
+    assert folder_geometry(DataSection(**folder, size=20, resize=20), grey_any_size)[1] == 20
     alexnet = build_network("alexnet")  # 3 channels, 224 px
     assert folder_geometry(DataSection(**folder), alexnet) == (224, 256, False)
     assert folder_geometry(DataSection(**folder, channels=1), alexnet) == (224, 256, True)

@@ -342,7 +342,8 @@ def test_builder_keeps_the_layers_and_leaves_the_original_alone(ssn_setup) -> No
     assert [(la.alias, la.conv, la.channels) for la in ssn.layers] == [
         (la.alias, la.conv, la.channels) for la in plain.layers
     ]
-    assert [la.name for la in ssn.layers] == [f"{la.name}.act" for la in plain.layers]
+    assert [la.name for la in ssn.layers] == [la.name for la in plain.layers]
+    assert {la.kind for la in ssn.layers} == {"SSN"}
     assert set(ssn_blocks(ssn)) == {"conv1_1", "conv2_1"}
     assert all(isinstance(plain.submodule(la.activation), torch.nn.ReLU) for la in plain.layers)
     assert not ssn_blocks(plain)
@@ -374,7 +375,7 @@ def test_subset_of_layers_and_vgg16(tiny_network) -> None:
     vgg_ssn = build_ssn_network(vgg, ["conv1_1", "conv5_3"])
     assert set(ssn_blocks(vgg_ssn)) == {"conv1_1", "conv5_3"}
     assert [la.channels for la in vgg_ssn.layers] == [la.channels for la in vgg.layers]
-    assert vgg_ssn.resolve_layer("conv5_3").activation == "features.29.act"
+    assert vgg_ssn.resolve_layer("conv5_3").activation == "features.29"
 
 
 def test_attention_current_changes_the_output_and_is_restored(ssn_setup) -> None:

@@ -86,7 +86,9 @@ class ValueSource:
         v = layer_values(self.values, variable_name(kind, image_type), category, layer)
         if shuffled:
             generator = torch.Generator().manual_seed(
-                self.shuffle_seed * 1_000_003 + layer.number * 1009 + hash_name(category)
+                self.shuffle_seed * 1_000_003
+                + (layer.number or hash_name(layer.name)) * 1009  # a group has number 0
+                + hash_name(category)
             )
             v = v[torch.randperm(v.numel(), generator=generator)]
         if positive_only:

@@ -76,12 +76,11 @@ class ModelSection:
 class DataSection:
     """Where images come from, and how image folders are brought to the model's input.
 
-    ``size`` (square centre crop) and ``resize`` (short side before the crop) default to the
-    model's: a model with a fixed input size (224 for the ImageNet architectures) gets that
-    crop after resizing the short side to 256/224 of it, the ImageNet way; a model that takes
-    any size (the default network, most user models) gets the images at their own size (they
-    must then share one). ``channels`` (1: grey, 3: RGB) defaults to what the model's first
-    convolution takes.
+    ``size`` (square centre crop) defaults to the model's input size (224 for the ImageNet
+    architectures); a model that takes any size (the default network, most user models) gets
+    the images at their own size (they must then share one). ``resize`` (the short side before
+    the crop) defaults to 256/224 of ``size``, the ImageNet way. ``channels`` (1: grey, 3: RGB)
+    defaults to what the model's first convolution takes.
     """
 
     kind: str = "fashion-mnist"

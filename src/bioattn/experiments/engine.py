@@ -716,7 +716,7 @@ class SweepEngine:
             resolved.append(mods)
             key = tuple(
                 sorted(
-                    (la.number, m.scale is None and _cue(m) is None, m.shift is None)
+                    (la.name, m.scale is None and _cue(m) is None, m.shift is None)
                     for la, m in mods.items()
                 )
             )
@@ -726,9 +726,9 @@ class SweepEngine:
     # --- one group of conditions with the same layers and modulation structure ------------
     @staticmethod
     def _plan_key(layers: Sequence[LayerInfo], probed: Sequence[LayerInfo] = ()) -> tuple:
-        key: tuple = tuple(sorted(layer.number for layer in layers))
+        key: tuple = tuple(sorted(layer.name for layer in layers))  # names: groups too
         if probed:
-            key = (key, tuple(layer.number for layer in probed))
+            key = (key, tuple(layer.name for layer in probed))
         return key
 
     def _plan(self, layers: Sequence[LayerInfo], probed: Sequence[LayerInfo] = ()) -> _Plan | None:

@@ -62,18 +62,16 @@ def folder_geometry(
 ) -> tuple[int | None, int | None, bool]:
     """(crop size, short side before the crop, grey?) for an image folder and a model.
 
-    What ``[data]`` leaves out comes from the model (see :class:`DataSection`): its input size
-    (then the short side is 256/224 of it, as for ImageNet) or the images' own size, and the
-    channels its first convolution takes.
+    What ``[data]`` leaves out comes from the model (see :class:`DataSection`): its input size,
+    else the images' own size; the short side before the crop is 256/224 of the crop, as for
+    ImageNet; the channels its first convolution takes.
     """
     model_size = network.input_size if network is not None else None
     size = data.size if data.size is not None else model_size
     if data.resize is not None:
         resize = data.resize
-    elif size is None:
-        resize = None
     else:
-        resize = round(size * 256 / 224) if data.size is None else size
+        resize = None if size is None else round(size * 256 / 224)
     model_channels = network.input_channels if network is not None else None
     channels = data.channels or model_channels or 3
     if data.channels == 3 and model_channels == 1:

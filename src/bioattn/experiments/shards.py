@@ -74,7 +74,11 @@ class Shard:
         """File-name-safe, unique name (the category's characters beyond [A-Za-z0-9] hashed)."""
         safe = re.sub(r"[^A-Za-z0-9]+", "-", self.category).strip("-") or "category"
         digest = hashlib.sha256(self.category.encode()).hexdigest()[:6]
-        return f"{safe}-{digest}__{self.layer}"
+        layer = self.layer
+        if re.search(r"[^A-Za-z0-9_.-]", layer):  # site names such as layer1.0.relu:1, V4.r:*
+            tail = hashlib.sha256(layer.encode()).hexdigest()[:6]
+            layer = re.sub(r"[^A-Za-z0-9_.-]+", "-", layer).strip("-") + f"-{tail}"
+        return f"{safe}-{digest}__{layer}"
 
     def config(self, sweep: SweepConfig) -> SweepConfig:
         """The sweep restricted to this shard."""

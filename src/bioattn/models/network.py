@@ -93,7 +93,7 @@ class Network:
         """Resolve a site name, alias, feeding conv, module path or 1-based number to a layer;
         ``<module>:*`` gives the group of all calls of a reused module."""
         if isinstance(spec, LayerInfo):
-            if spec in self.layers or spec.name in self.sites.groups:
+            if spec in self.layers or spec == self.sites.groups.get(spec.name):
                 return spec
             spec = spec.alias  # a layer of another network with these sites (an SSN-CNN's)
         text = str(spec).strip()
@@ -230,6 +230,11 @@ class Network:
 
     def to(self, device: str | torch.device) -> Network:
         """Move the model to ``device`` ("cpu", "cuda", "cuda:1", or "auto": CUDA if present)."""
+        if any(hooks.transforms for hooks in self.sites.hooks.values()):
+            raise ConfigError(
+                f"cannot move model {self.name!r} while attention or a recording is active on "
+                "it; move it first (Network.to) and then modulate"
+            )
         self.module.to(resolve_device(device))
         if self.sites.graph is not None and any(
             node.op == "get_attr" for node in self.sites.graph.graph.nodes
@@ -260,8 +265,11 @@ class Network:
         store: list[torch.Tensor] = []
 
         def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            # float32 on the CPU, where detectors live (differentiable: gradients flow back)
-            store.append(torch.flatten(inputs[0], 1).float().cpu())
+            # float32 on the CPU, where detectors live (differentiable: gradients flow back);
+            # a copy, as an in-place op after the readout (a ReLU) would change the input
+            features = torch.flatten(inputs[0], 1).float().cpu()
+            shared = features.data_ptr() == inputs[0].data_ptr()
+            store.append(features.clone() if shared else features)
 
         handle = self.submodule(self.readout).register_forward_pre_hook(hook)
         try:

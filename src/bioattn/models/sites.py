@@ -29,6 +29,7 @@ layers do).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -75,7 +76,14 @@ GROUP_SUFFIX = ":*"
 
 
 def activation_kind(module: nn.Module) -> str | None:
-    """The kind of an activation module (``"ReLU"``, ``"GELU"``, ...), or None."""
+    """The kind of an activation module (``"ReLU"``, ``"GELU"``, ...), or None.
+
+    A module class may declare itself an activation with ``bioattn_activation_kind`` (the SSN
+    block does: it replaces a ReLU and keeps its site name); such a module is also a leaf.
+    """
+    declared = getattr(module, "bioattn_activation_kind", None)
+    if declared:
+        return str(declared)
     for cls, kind in ACTIVATION_MODULES:
         if isinstance(module, cls):
             return kind
@@ -151,6 +159,7 @@ class _Tracer(fx.Tracer):
         return (
             module_qualified_name in self.leaves
             or bool(getattr(m, "bioattn_leaf", False))
+            or bool(getattr(m, "bioattn_activation_kind", None))
             or super().is_leaf_module(m, module_qualified_name)
         )
 
@@ -263,11 +272,18 @@ def hooked_graph(
     return fx.GraphModule(attributes, graph), hooks
 
 
-def probe_input(module: nn.Module, mean: Sequence[float], size: int) -> torch.Tensor:
-    """A zero image batch (1, C, size, size) for one shape-finding pass (no RNG used)."""
+def probe_input(
+    module: nn.Module, mean: Sequence[float], size: int, pattern: bool = False
+) -> torch.Tensor:
+    """An image batch (1, C, size, size) for one shape-finding pass: zeros, or with ``pattern``
+    a fixed pattern (no RNG used either way)."""
     channels = next((m.in_channels for m in module.modules() if isinstance(m, nn.Conv2d)), None)
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    return torch.zeros(1, channels or len(mean), size, size, device=device)
+    shape = (1, channels or len(mean), size, size)
+    if not pattern:
+        return torch.zeros(shape, device=device)
+    ramp = torch.arange(math.prod(shape), dtype=torch.float32, device=device)
+    return (0.5 + 0.5 * torch.sin(0.37 * ramp)).reshape(shape)
 
 
 def _run_probe(
@@ -276,8 +292,10 @@ def _run_probe(
     readout: str,
     mean: Sequence[float],
     size: int | None,
+    reset: Callable[[], None] = lambda: None,
 ) -> int:
-    """Run the model once at the first probe size it accepts; returns that size.
+    """Run the model once at the first probe size it accepts; returns that size. ``reset`` is
+    called before each try (what a failed try recorded is discarded).
 
     Checks that the forward pass calls the readout module (whose input detectors read): the
     model's own output is not used, so it may be anything (a tensor, a tuple, a dict).
@@ -290,6 +308,8 @@ def _run_probe(
     last: Exception | None = None
     try:
         for side in sizes:
+            reset()
+            calls[0] = 0
             try:
                 with torch.no_grad():
                     run(probe_input(module, mean, side))
@@ -313,6 +333,27 @@ def _run_probe(
     )
 
 
+def _same_output(gm: fx.GraphModule, module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the traced graph gives the module's output on ``x`` (tensors compared)."""
+    with torch.no_grad():
+        traced, direct = gm(x), module(x)
+    flat_traced, flat_direct = _tensors(traced), _tensors(direct)
+    return len(flat_traced) == len(flat_direct) and all(
+        a.shape == b.shape and (a.is_meta or torch.equal(a, b))
+        for a, b in zip(flat_traced, flat_direct, strict=True)
+    )
+
+
+def _tensors(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
 @dataclass
 class Sites:
     """Every attention site of a model, and how forward passes reach them.
@@ -332,8 +373,15 @@ class Sites:
     trace_error: str = ""
 
 
-def _name_sites(cands: list[_Candidate]) -> list[tuple[_Candidate, str, int]]:
-    """Name each candidate: module path / function, with ``:k`` where one has several calls."""
+def _name_sites(
+    cands: list[_Candidate], module_paths: Iterable[str] = ()
+) -> list[tuple[_Candidate, str, int]]:
+    """Name each candidate: module path / function, with ``:k`` where one has several calls.
+
+    A functional call whose name would be a module's path (``self.relu`` beside ``F.relu`` in
+    one block) is named with ``()``: ``block.relu()``.
+    """
+    taken = set(module_paths)
     keys = [(c.scope, c.function) for c in cands]
     totals = Counter(keys)
     seen: Counter[tuple[str, str]] = Counter()
@@ -341,7 +389,11 @@ def _name_sites(cands: list[_Candidate]) -> list[tuple[_Candidate, str, int]]:
     for cand, key in zip(cands, keys, strict=True):
         call = seen[key]
         seen[key] += 1
-        base = cand.scope if not cand.function else ".".join(p for p in key if p)
+        base = cand.scope
+        if cand.function:
+            base = ".".join(p for p in key if p)
+            if base in taken:
+                base += "()"
         named.append((cand, base if totals[key] == 1 else f"{base}:{call}", call))
     return named
 
@@ -430,13 +482,21 @@ def find_sites(
     shapes: dict[str, tuple[int, ...]] = {}
     for node, hook in probes.items():
         hook.add(lambda x, node=node: shapes.__setitem__(node, tuple(x.shape)))
-    probe_size = _run_probe(probing, module, readout, mean, input_size)
+    try:
+        probe_size = _run_probe(probing, module, readout, mean, input_size, shapes.clear)
+        reproduces = _same_output(gm, module, probe_input(module, mean, probe_size, pattern=True))
+    except LayerError:
+        reproduces = False
+    if not reproduces:  # e.g. forward changes module state (a stride) that tracing baked in
+        reason = "the traced graph does not compute what the model's forward does"
+        return _hook_sites(module, readout, mean, input_size, model_name, reason)
     kept = []
     for cand in cands:
         if len(shapes.get(cand.node, ())) == 4:
             cand.shape = shapes[cand.node]
             kept.append(cand)
-    layers = _layers(_name_sites(kept), traced=True)
+    paths = (path for path, _ in module.named_modules())
+    layers = _layers(_name_sites(kept, paths), traced=True)
     hooked, hooks = hooked_graph(gm, [c.node for c in kept])
     return Sites(
         layers=layers,
@@ -480,8 +540,13 @@ def _hook_sites(
                 calls.append((path, kind, last_conv[0], tuple(getattr(output, "shape", ()))))
 
             handles.append(child.register_forward_hook(act_hook))
+
+    def reset() -> None:
+        calls.clear()
+        last_conv[0] = ""
+
     try:
-        probe_size = _run_probe(module, module, readout, mean, input_size)
+        probe_size = _run_probe(module, module, readout, mean, input_size, reset)
     finally:
         for handle in handles:
             handle.remove()

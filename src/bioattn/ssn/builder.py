@@ -2,10 +2,9 @@
 
 :func:`build_ssn_network` copies a :class:`~bioattn.models.network.Network` and replaces the ReLU
 after each chosen conv with an :class:`SSNBlock`: an :class:`~bioattn.ssn.layer.SSNLayer`
-followed by a plain ``nn.ReLU``. The SSN's E rates are non-negative, so that ReLU is the
-identity; it is there so that the SSN-CNN keeps the layer structure bioattn hooks into. The
-attendable layers, their aliases, conv paths and channel counts are those of the original network
-(only each SSN layer's ``activation`` path changes, to ``<relu path>.act``), so values files,
+followed by a plain ``nn.ReLU`` (the identity on E rates, which are non-negative). The block
+declares itself an activation, so the SSN-CNN has the original's attention sites, with the same
+names, aliases, module paths, conv paths and channel counts, so values files,
 :func:`~bioattn.attention.gains.modulate`, recordings, tuning and gradient values and
 :func:`~bioattn.experiments.sweep.run_sweep` work on the SSN-CNN unchanged. Attention as an input
 current to E and/or I cells is :func:`ssn_attention`.
@@ -51,7 +50,14 @@ DEFAULT_SSN_LAYERS = "all"
 
 
 class SSNBlock(nn.Module):
-    """An SSN layer and the identity ReLU after it (the hook point for attention and recording)."""
+    """An SSN layer and the identity ReLU after it, in place of a ReLU module.
+
+    It declares itself an activation (``bioattn_activation_kind``), so the attention site it
+    replaces keeps its name, alias and module path, and its output is what attention scales and
+    recordings read.
+    """
+
+    bioattn_activation_kind = "SSN"
 
     def __init__(self, ssn: SSNLayer) -> None:
         super().__init__()
@@ -122,8 +128,7 @@ def ssn_blocks(network: Network) -> dict[str, SSNBlock]:
     """The SSN blocks of an SSN-CNN by layer alias (empty for a plain network)."""
     blocks = {}
     for layer in network.layers:
-        parent, _, _ = layer.activation.rpartition(".")
-        module = network.submodule(parent) if parent else None
+        module = network.submodule(layer.activation) if layer.activation else None
         if isinstance(module, SSNBlock):
             blocks[layer.alias] = module
     return blocks
@@ -172,6 +177,18 @@ def build_ssn_network(
         raise ConfigError("no layers given to turn into SSNs")
     module = copy.deepcopy(network.module)
     for layer in chosen:
+        calls = [la.name for la in network.layers if la.activation == layer.activation]
+        if not layer.activation or layer.is_group or len(calls) > 1:
+            what = (
+                "a functional activation (no module to replace)"
+                if not layer.activation
+                else f"a call of module {layer.activation!r}, which runs at {len(calls)} sites "
+                f"({', '.join(calls)}); an SSN in its place would run at every one"
+            )
+            raise LayerError(
+                f"layer {layer.name} of {network.name!r} cannot become an SSN: it is {what}; "
+                "choose layers whose ReLU is a module called once"
+            )
         parent_path, _, child = layer.activation.rpartition(".")
         parent = module.get_submodule(parent_path) if parent_path else module
         relu = getattr(parent, child)
