@@ -9,11 +9,14 @@ options (:mod:`bioattn.cli.common`), calls the library and prints; see ``bioattn
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
-from bioattn.errors import BioattnError
+from bioattn.errors import BioattnError, ConfigError
 
 __all__ = ["build_parser", "main"]
 
@@ -32,6 +35,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Suffixes of ``--out`` values that name a file (anything else names a folder).
+FILE_OUTPUTS = (".nc", ".parquet", ".csv", ".json", ".safetensors")
+#: Errors of writing that the user can fix (a full disk, no permission, a read-only system).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
+
+
+def check_output(path: Path) -> None:
+    """Refuse an output location that cannot be written, before any work: a folder where a
+    file is expected or the reverse, a path under a file, or a read-only place."""
+    is_file = path.suffix.lower() in FILE_OUTPUTS
+    what = "file" if is_file else "folder"
+    if path.exists() and path.is_dir() == is_file:
+        found = "a folder" if path.is_dir() else "a file"
+        raise ConfigError(f"--out {path} should be a {what} but is {found}; choose another path")
+    parent = path if path.is_dir() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(
+            f"--out {path} lies under {parent}, which is a file, not a folder; choose another path"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--out {path}: {parent} is not writable (read-only or no permission); choose a "
+            "writable location"
+        )
+
+
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
@@ -42,9 +73,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("default")
     warnings.formatwarning = _format_warning
     try:
+        if isinstance(getattr(args, "out", None), Path):
+            check_output(args.out)
         return args.func(args)
     except BioattnError as error:
         print(f"bioattn {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in _WRITE_ERRNOS:
+            raise
+        where = f" {error.filename}" if error.filename else ""
+        print(
+            f"bioattn {args.command}: error: could not write{where}: {error.strerror}; free "
+            "space or choose a writable location, then rerun (finished parts are kept)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"bioattn {args.command}: interrupted", file=sys.stderr)

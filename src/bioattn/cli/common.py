@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,18 +24,29 @@ if TYPE_CHECKING:
 
 # --- values on the command line -----------------------------------------------------------------
 def csv(text: str) -> tuple[str, ...]:
-    """``a, b,c`` -> ``("a", "b", "c")`` (empty items dropped)."""
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+    """``a, b,c`` -> ``("a", "b", "c")`` (empty items dropped); an empty list is an error (leave
+    the option out for its default)."""
+    items = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not items:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list such as a,b; got {text!r} (leave the option out "
+            "for its default)"
+        )
+    return items
 
 
 def floats(text: str) -> tuple[float, ...]:
-    """Comma-separated numbers, e.g. ``0,0.5,1,2``."""
+    """Comma-separated finite numbers, e.g. ``0,0.5,1,2``."""
     try:
-        return tuple(float(part) for part in csv(text))
+        numbers = tuple(float(part) for part in csv(text))
     except ValueError as error:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated numbers such as 0,0.5,1,2; got {text!r}"
         ) from error
+    bad = [n for n in numbers if not math.isfinite(n)]
+    if bad:
+        raise argparse.ArgumentTypeError(f"numbers must be finite, got {bad[0]} in {text!r}")
+    return numbers
 
 
 def given(**settings: Any) -> dict[str, Any]:

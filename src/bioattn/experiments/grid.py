@@ -19,6 +19,7 @@ asks for, so a run over some categories sees the same images as a run over all o
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -82,9 +83,16 @@ def layer_settings(
     """One setting per named layer (``None``: every layer), plus all-layers mode when asked.
 
     ``every`` gives the layers of the all-layers setting (default: all of the network's).
-    Duplicates (one layer named two ways) are merged, in the order given.
+    Duplicates (one layer named two ways) are merged with a warning, in the order given.
     """
-    resolved = list(dict.fromkeys(network.resolve_layers(layers)))
+    named = network.resolve_layers(layers)
+    resolved = list(dict.fromkeys(named))
+    if len(resolved) < len(named):
+        twice = [la.alias for la in resolved if named.count(la) > 1]
+        warnings.warn(
+            f"layers named more than once were merged: {', '.join(twice)} (each is attended once)",
+            stacklevel=2,
+        )
     settings = [LayerSetting.single(layer) for layer in resolved]
     if all_layers:
         settings.append(LayerSetting.every(list(network.layers) if every is None else every))

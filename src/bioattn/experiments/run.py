@@ -126,6 +126,7 @@ class PerformanceSink:
         self._baseline = _metrics(outputs, task)[0]
 
     def conditions(self, key, task, setting, conditions, outputs) -> None:
+        _check_finite(key, conditions, outputs)
         base = self._base(key, task)
         metrics = _metrics(outputs, task) if conditions else []
         by_arm: dict[str, list[int]] = {}
@@ -205,6 +206,19 @@ def run(
     finally:
         bar.close()
     return sink
+
+
+def _check_finite(key: object, conditions: Sequence[Condition], outputs: Outputs) -> None:
+    """Refuse non-finite logits that no evaluator reported as a failure (a β so large that the
+    activity overflows), naming the first such condition, before a performance row is made."""
+    finite = torch.isfinite(outputs.logits).all(dim=1)
+    for i, condition in enumerate(conditions):
+        if not bool(finite[i]) and i not in outputs.failed:
+            raise ConfigError(
+                f"attention made the detector logits non-finite (overflow) for task {key}: "
+                f"layer {condition.setting.name}, {condition.arm.label}, β = {condition.beta:g}; "
+                "use smaller β values"
+            )
 
 
 def _evaluate(

@@ -23,7 +23,7 @@ from bioattn.analysis.figures import (
     plot_rates_vs_beta,
 )
 from bioattn.analysis.sdt import layer_summary, performance_gains
-from bioattn.cache import atomic_write_bytes
+from bioattn.cache import atomic_path, atomic_write_bytes
 from bioattn.errors import DataError
 
 #: Version of the ``config.json`` layout.
@@ -77,13 +77,13 @@ def write_tables(table: pd.DataFrame, out_dir: Path) -> tuple[pd.DataFrame, pd.D
     """Write the performance table, per-category gains and layer summary; return the last two."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".performance.parquet.tmp"
-    table.to_parquet(tmp, index=False)
-    tmp.replace(out_dir / "performance.parquet")
+    with atomic_path(out_dir / "performance.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
     gains = performance_gains(table)
     summary = layer_summary(gains)
-    gains.to_csv(out_dir / "gains.csv", index=False)
-    summary.to_csv(out_dir / "summary.csv", index=False)
+    for frame, name in ((gains, "gains.csv"), (summary, "summary.csv")):
+        with atomic_path(out_dir / name) as tmp:
+            frame.to_csv(tmp, index=False)
     return gains, summary
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from bioattn.cache import atomic_write_bytes
+from bioattn.cache import atomic_path
 from bioattn.data.imageset import resolve_category
 from bioattn.errors import DataError, WeightsError
 
@@ -66,10 +66,8 @@ class Detectors:
             "feature_mean": self.feature_mean.contiguous(),
             "feature_std": self.feature_std.contiguous(),
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata={"categories": json.dumps(self.categories)})
-        atomic_write_bytes(path, tmp.read_bytes())
-        tmp.unlink()
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"categories": json.dumps(self.categories)})
 
     @classmethod
     def load(cls, path: Path) -> Detectors:
