@@ -10,6 +10,7 @@ or ``"model"`` is unwrapped, and a ``module.`` prefix left by ``nn.DataParallel`
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,13 +55,27 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+#: Sentences of torch.load's error text that are advice, not the reason: among them the advice to
+#: re-run with ``weights_only=False``, which bioattn must never pass on.
+_TORCH_ADVICE = re.compile(
+    r"weights_only|weights only load failed|trust|please use|please file|check the doc|"
+    r"arbitrary code|alternatively|^\(\d\)",
+    re.IGNORECASE,
+)
+#: torch.load's ways of saying that the file holds pickled Python objects it will not rebuild.
+_PICKLED_OBJECTS = re.compile(
+    r"unsupported global|whose module \S+ is blocked|add_safe_globals|can only create new object",
+    re.IGNORECASE,
+)
+
+
 def _load_failure_reason(error: Exception) -> str:
-    """The informative part of a ``torch.load`` error (its text is long and generic)."""
-    text = " ".join(str(error).split())
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1].split(" Please use", 1)[0].split(" Check the doc", 1)[0]
-        text = text.strip()
+    """The informative part of a ``torch.load`` error (its text is long, generic, and advises
+    ``weights_only=False``, which is left out)."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split())
+    text = text.split("WeightsUnpickler error:", 1)[-1].split(" Check the doc", 1)[0]
+    sentences = re.split(r"(?<=[.!?])\s+", text)
+    text = " ".join(s for s in sentences if s and not _TORCH_ADVICE.search(s)).strip(" .")
     if not text:
         return type(error).__name__
     return text if len(text) <= 300 else text[:297] + "..."
@@ -97,15 +112,20 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         reason = _load_failure_reason(error)
-        if "Unsupported global" in reason:
-            why = (
-                "it contains pickled Python objects other than tensors, which bioattn refuses to "
-                "unpickle because that could run arbitrary code"
-            )
-        else:
-            why = "it is unreadable or corrupt, or not a PyTorch weights file"
+        if _PICKLED_OBJECTS.search(str(error)):
+            raise WeightsError(
+                f"cannot load weights file {str(path)!r}: it holds pickled Python code or objects, "
+                f"not only tensors ({reason}). bioattn will not run it, because unpickling such a "
+                "file can execute arbitrary code. If you trust the file, convert it once on a "
+                "machine where you are willing to run it: state = torch.load(path, "
+                "weights_only=False); safetensors.torch.save_file({k: v.contiguous() for k, v in "
+                'state.items()}, "weights.safetensors") (take the checkpoint\'s "state_dict" entry '
+                "first if it has one), or build the model there and save "
+                "torch.save(model.state_dict(), path); then give bioattn the new file"
+            ) from error
         raise WeightsError(
-            f"cannot load weights file {str(path)!r}: {why} ({reason}); {_ADVICE}"
+            f"cannot load weights file {str(path)!r}: it is unreadable or corrupt, or not a "
+            f"PyTorch weights file ({reason}); {_ADVICE}"
         ) from error
     return _unwrap(obj, path)
 

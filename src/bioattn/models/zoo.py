@@ -21,7 +21,16 @@ zero counters, which eval-mode forward passes never use.
 User models
 -----------
 A spec ``"package.module:callable"`` imports ``package.module`` and calls ``callable()`` with no
-arguments. It may return
+arguments. A config or command line that names a callable therefore runs code: importing the
+module runs its top level and the callable is then called, with your permissions. Configs are
+code, so only use configs and specs you trust. The target must look like a model factory, which is
+checked before anything is called: a Python function without required parameters, or an
+``nn.Module`` (or :class:`Network`) subclass whose constructor needs no arguments. Refused with a
+:class:`~bioattn.errors.ConfigError`, without calling them, are built-in and C functions
+(``os:getcwd``), anything from the standard library (checked before importing), tools such as
+pip, setuptools and pytest, bioattn outside ``bioattn.models``, dunder attributes, callables with
+required parameters, classes that are not ``nn.Module`` subclasses and ``nn.Module`` instances.
+These checks catch mistakes; they are no sandbox for an untrusted module. The callable may return
 
 * a :class:`Network`, used as it is; or
 * an ``nn.Module``, which is wrapped in a :class:`Network`. Its settings default to: readout = the
@@ -40,6 +49,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -439,12 +450,112 @@ def _build_architecture(
     )
 
 
+#: Example of a valid user-model spec, quoted by the refusals below.
+_FACTORY_HELP = (
+    "name a model factory in your own module: a function that takes no arguments and returns an "
+    "nn.Module or a Network, or an nn.Module subclass whose constructor needs no arguments "
+    "(e.g. 'mypackage.models:make_net')"
+)
+#: Non-model packages that no model spec should name (besides the standard library).
+_NON_MODEL_PACKAGES = frozenset(
+    {"pip", "setuptools", "pkg_resources", "_distutils_hack", "pytest", "_pytest", "IPython"}
+)
+
+
+def _non_model_module(module_name: str) -> str | None:
+    """Why ``module_name`` cannot hold a model factory, or None when it may."""
+    top = module_name.split(".", 1)[0]
+    if top in sys.stdlib_module_names:
+        return f"{module_name!r} is part of the Python standard library, not a model module"
+    if top in _NON_MODEL_PACKAGES:
+        return f"{module_name!r} belongs to the tool {top!r}, not to a model module"
+    if top == "bioattn" and not (module_name + ".").startswith("bioattn.models."):
+        return f"{module_name!r} is part of bioattn itself, outside bioattn.models"
+    return None
+
+
+def _underlying(target: object) -> object:
+    """The function behind ``functools.partial`` objects and ``functools.wraps`` decorators."""
+    for _ in range(100):
+        if isinstance(target, functools.partial):
+            target = target.func
+        elif hasattr(target, "__wrapped__"):
+            target = target.__wrapped__  # type: ignore[attr-defined]
+        else:
+            break
+    return target
+
+
+def _written_in_python(target: object) -> bool:
+    """Whether ``target`` is a Python function or method, or an object whose class defines
+    ``__call__`` in Python (builtins and C functions are not)."""
+    if inspect.isbuiltin(target):
+        return False
+    if inspect.isfunction(target) or inspect.ismethod(target):
+        return inspect.isfunction(getattr(target, "__func__", target))
+    return inspect.isfunction(inspect.getattr_static(type(target), "__call__", None))
+
+
+def _refuse_non_factory(spec: str, target: object) -> None:
+    """Refuse, before calling it, a target that is clearly not a model factory."""
+    inner = _underlying(target)
+    name = getattr(inner, "__qualname__", None) or type(inner).__name__
+    if inspect.isclass(inner):
+        if not issubclass(inner, (nn.Module, Network)):
+            raise ConfigError(
+                f"model {spec!r} names the class {name}, which is not an nn.Module subclass; "
+                + _FACTORY_HELP
+            )
+    elif isinstance(inner, nn.Module):
+        raise ConfigError(
+            f"model {spec!r} names an nn.Module instance ({type(inner).__name__}), which would "
+            "be called as a forward pass; name its class or a function that builds it. "
+            + _FACTORY_HELP
+        )
+    elif not _written_in_python(inner):
+        raise ConfigError(
+            f"model {spec!r} names {name}, a built-in or C function, not a model factory; "
+            + _FACTORY_HELP
+        )
+    defined_in = getattr(inner, "__module__", None)
+    reason = _non_model_module(defined_in) if isinstance(defined_in, str) else None
+    if reason is not None:
+        raise ConfigError(
+            f"model {spec!r} names {name} from {defined_in!r}: {reason}; " + _FACTORY_HELP
+        )
+    try:
+        signature = inspect.signature(target)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return  # no signature to inspect (some extension types): calling it is the test
+    required = [
+        p.name
+        for p in signature.parameters.values()
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if required:
+        raise ConfigError(
+            f"model {spec!r} names {name}{signature}, which has required parameters "
+            f"({', '.join(required)}), but bioattn calls it with no arguments; give them "
+            "defaults or wrap it in a function that takes none. " + _FACTORY_HELP
+        )
+
+
 def _import_callable(spec: str) -> tuple[object, object]:
-    """Import ``package.module:callable``; returns (python module, callable)."""
+    """Import ``package.module:callable`` and check that it is a model factory; returns (python
+    module, callable). Nothing is called here; only the module is imported."""
     module_name, _, attr = spec.partition(":")
     module_name, attr = module_name.strip(), attr.strip()
     if not module_name or not attr:
         raise ConfigError(f"unknown model {spec!r}; {_spec_help()}")
+    reason = _non_model_module(module_name)
+    if reason is not None:  # checked before importing: importing some modules has effects
+        raise ConfigError(f"model {spec!r} is refused: {reason}; " + _FACTORY_HELP)
+    parts = attr.split(".")
+    if any(part.startswith("__") for part in parts):
+        raise ConfigError(
+            f"model {spec!r} names a dunder attribute ({attr!r}), not a model factory; "
+            + _FACTORY_HELP
+        )
     try:
         py_module = importlib.import_module(module_name)
     except Exception as error:
@@ -453,7 +564,7 @@ def _import_callable(spec: str) -> tuple[object, object]:
             "make sure the module is importable (installed or on PYTHONPATH)"
         ) from error
     target: object = py_module
-    for part in attr.split("."):
+    for part in parts:
         if not hasattr(target, part):
             raise ConfigError(
                 f"module {module_name!r} has no attribute {attr!r} (model {spec!r}); name a "
@@ -462,6 +573,7 @@ def _import_callable(spec: str) -> tuple[object, object]:
         target = getattr(target, part)
     if not callable(target):
         raise ConfigError(f"{spec!r} is not callable; name a function that returns an nn.Module")
+    _refuse_non_factory(spec, target)
     return py_module, target
 
 
