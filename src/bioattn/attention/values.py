@@ -12,19 +12,31 @@ coordinates ``layer`` (alias, e.g. ``conv2_1``) and ``channel`` (Brain-Score's c
   no flip: a positive value means that raising the map raises the "present" logit. Each map is
   normalised by its largest |g| across categories, so values lie in [−1, 1]; maps whose
   gradient is 0 for every category, and any non-finite value, become 0.
+
+Values remember what they were computed from: ``attrs["model_fingerprint"]``
+(:func:`model_fingerprint`) holds short sha256 hashes of the network's weights and, once
+gradient values are added, of the detectors. :func:`check_values_match` (and
+:func:`load_values` with a network) refuses values of another model, and values with a
+non-finite entry.
 """
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import json
+import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from bioattn.cache import atomic_path, update_with_tensor
 from bioattn.data.imageset import ImageSet
 from bioattn.data.tasks import GRADIENT_STREAM, TaskSet, make_task_set, task_seed
 from bioattn.errors import ConfigError, DataError
@@ -34,6 +46,47 @@ from bioattn.models.network import LayerInfo, Network
 
 #: Value types that sweeps understand, besides ``gradient`` (stored per image type).
 VALUE_TYPES = ("tuning", "gradient")
+
+#: ``attrs`` key of the fingerprint of the model the values were computed for.
+FINGERPRINT_ATTR = "model_fingerprint"
+#: ``attrs`` key set in memory when values of another model were deliberately accepted
+#: (``allow_other_model``): the fingerprint of the model they were accepted for.
+ALLOWED_ATTR = "allowed_for_model"
+
+
+def _weights_hash(network: Network) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(network.module.state_dict().items()):
+        digest.update(name.encode())
+        update_with_tensor(digest, tensor)
+    return digest.hexdigest()[:16]
+
+
+def _detectors_hash(detectors: Detectors) -> str:
+    digest = hashlib.sha256()
+    for tensor in (detectors.weight, detectors.bias, detectors.feature_mean, detectors.feature_std):
+        update_with_tensor(digest, tensor)
+    digest.update(json.dumps(list(detectors.categories)).encode())
+    return digest.hexdigest()[:16]
+
+
+def model_fingerprint(network: Network, detectors: Detectors | None = None) -> str:
+    """What values were computed from: ``"weights:<hash>,detectors:<hash>"``.
+
+    Each hash is the first 16 hex digits of a sha256: of the network's state dict (names,
+    shapes, dtypes and contents; not its device or precision), and of the detectors' tensors
+    and categories. Without ``detectors`` (tuning values need none) only the weights part.
+    """
+    parts = {"weights": _weights_hash(network)}
+    if detectors is not None:
+        parts["detectors"] = _detectors_hash(detectors)
+    return ",".join(f"{key}:{value}" for key, value in parts.items())
+
+
+def _parse_fingerprint(text: object) -> dict[str, str]:
+    if not isinstance(text, str) or not text:
+        return {}
+    return dict(part.partition(":")[::2] for part in text.split(","))
 
 
 def _unit_coords(network: Network) -> dict[str, tuple[str, np.ndarray]]:
@@ -53,7 +106,11 @@ def empty_values(network: Network, categories: Sequence[str]) -> xr.Dataset:
     n_units = sum(layer.channels for layer in network.layers)
     return xr.Dataset(
         coords={"category": list(categories), "unit": np.arange(n_units), **_unit_coords(network)},
-        attrs={"model": network.name, "layers": layer_table(network.layers)},
+        attrs={
+            "model": network.name,
+            "layers": layer_table(network.layers),
+            FINGERPRINT_ATTR: model_fingerprint(network),
+        },
     )
 
 
@@ -150,8 +207,12 @@ def add_gradient_values(
     batch_size: int = 128,
     progress: bool = False,
 ) -> xr.Dataset:
-    """Return ``values`` with ``gradient_<image_type>`` added."""
-    check_values_match(values, network)
+    """Return ``values`` with ``gradient_<image_type>`` added.
+
+    The fingerprint of ``values`` then names ``detectors`` too, unless the values came from
+    another model (or carry no fingerprint): then it is left as it was.
+    """
+    check_values_match(values, network, detectors)
     if list(values["category"].values) != list(detectors.categories):
         raise ConfigError(
             f"values have categories {list(values['category'].values)} but detectors have "
@@ -162,19 +223,133 @@ def add_gradient_values(
     out = values.copy()
     out[name] = (("category", "unit"), grads.astype(np.float32))
     out[name].attrs["source_split"] = next(iter(tasks.values())).split
+    current = model_fingerprint(network, detectors)
+    recorded = _parse_fingerprint(values.attrs.get(FINGERPRINT_ATTR))
+    if recorded and not _fingerprint_differences(recorded, _parse_fingerprint(current)):
+        out.attrs[FINGERPRINT_ATTR] = current
     return out
 
 
-def check_values_match(values: xr.Dataset, network: Network) -> None:
-    """Raise ConfigError unless ``values`` were computed for ``network``'s layers and maps."""
+def check_values_match(
+    values: xr.Dataset,
+    network: Network,
+    detectors: Detectors | None = None,
+    *,
+    allow_other_model: bool = False,
+    source: str = "the values dataset",
+) -> None:
+    """Raise unless ``values`` were computed for ``network`` (and ``detectors``, when given).
+
+    ConfigError when the layers and maps differ, or when the values' fingerprint (see
+    :func:`model_fingerprint`) names other weights or (with ``detectors``) other detectors;
+    with ``allow_other_model`` the latter is only a warning, and ``values.attrs`` then records
+    the model they were accepted for (so later checks against it pass quietly). Values without
+    a fingerprint (written by older versions) are accepted with a warning. DataError when an
+    entry is not finite (:func:`check_values_finite`). ``source`` names the values in messages.
+    """
     expected = layer_table(network.layers)
     found = values.attrs.get("layers")
     if found != expected:
         raise ConfigError(
-            f"values file does not match model {network.name!r}: it holds layers "
+            f"{source} does not match model {network.name!r}: it holds layers "
             f"{_describe_layers(found)} but the model has {_describe_layers(expected)}; "
-            "recompute them with `bioattn values` for this model"
+            "recompute the values with `bioattn values` for this model"
         )
+    for name, (_dim, expected_coord) in _unit_coords(network).items():
+        if name not in values.coords or not np.array_equal(values[name].values, expected_coord):
+            raise DataError(
+                f"{source} has the layer table of model {network.name!r} but its per-unit "
+                f"{name!r} coordinate does not follow it (the file is damaged or was edited); "
+                "recompute the values with `bioattn values`"
+            )
+    check_values_finite(values, source)
+    _check_provenance(values, network, detectors, allow_other_model, source)
+
+
+def _fingerprint_differences(found: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
+    """The parts (weights, detectors) that both fingerprints name and that differ."""
+    return [key for key in current if key in found and found[key] != current[key]]
+
+
+def _check_provenance(
+    values: xr.Dataset,
+    network: Network,
+    detectors: Detectors | None,
+    allow_other_model: bool,
+    source: str,
+) -> None:
+    recorded = values.attrs.get(FINGERPRINT_ATTR)
+    found = _parse_fingerprint(recorded)
+    if not found:
+        warnings.warn(
+            f"{source} carries no model fingerprint (written by an older bioattn), so it cannot be "
+            f"checked that it was computed for model {network.name!r}; recompute the values "
+            "with `bioattn values` to have them checked",
+            stacklevel=2,  # one place: shown once however many times the values are checked
+        )
+        return
+    current = model_fingerprint(network, detectors)
+    differ = _fingerprint_differences(found, _parse_fingerprint(current))
+    if not differ:
+        return
+    allowed = _parse_fingerprint(values.attrs.get(ALLOWED_ATTR))
+    if all(allowed.get(key) == _parse_fingerprint(current)[key] for key in differ):
+        return  # already accepted for this very model, with a warning
+    what = " and ".join(
+        "weights" if key == "weights" else "detectors (or categories)" for key in differ
+    )
+    problem = (
+        f"{source} was computed for another model: its fingerprint is {recorded} but model "
+        f"{network.name!r} here is {current}; the {what} differ"
+    )
+    if not allow_other_model:
+        raise ConfigError(
+            f"{problem}. Recompute the values with `bioattn values` for this model, or set "
+            "[values] allow_other_model = true to use them on purpose"
+        )
+    warnings.warn(f"{problem}; using them anyway ([values] allow_other_model = true)", stacklevel=2)
+    values.attrs[ALLOWED_ATTR] = current
+
+
+def check_values_finite(values: xr.Dataset, source: str = "the values dataset") -> None:
+    """Raise DataError if a variable of ``values`` holds NaN or ±inf, naming the first such
+    entry (variable, category, layer and channel) and how many there are."""
+    counts: dict[str, int] = {}
+    first = ""
+    for name, variable in values.data_vars.items():
+        if variable.dtype.kind not in "fc":
+            continue
+        bad = ~np.isfinite(np.asarray(variable.values))
+        if not bad.any():
+            continue
+        counts[str(name)] = int(bad.sum())
+        if not first:
+            index = np.argwhere(bad)[0]
+            first = (
+                f"{name}[{_describe_entry(values, variable.dims, index)}] = "
+                f"{variable.values[tuple(index)].item()}"
+            )
+    if counts:
+        total = sum(counts.values())
+        per_variable = ", ".join(f"{count} in {name!r}" for name, count in counts.items())
+        raise DataError(
+            f"{source} holds {total} non-finite entr{'y' if total == 1 else 'ies'} (NaN or inf: "
+            f"{per_variable}); the first is {first}. Values must be finite: recompute them with "
+            "`bioattn values`"
+        )
+
+
+def _describe_entry(values: xr.Dataset, dims: Sequence[object], index: np.ndarray) -> str:
+    parts = []
+    for dim, i in zip(dims, index, strict=True):
+        if dim == "category" and "category" in values.coords:
+            parts.append(f"category {str(values['category'].values[i])!r}")
+        elif dim == "unit" and "layer" in values.coords and "channel" in values.coords:
+            layer, channel = str(values["layer"].values[i]), int(values["channel"].values[i])
+            parts.append(f"layer {layer} channel {channel}")
+        else:
+            parts.append(f"{dim} {int(i)}")
+    return ", ".join(parts)
 
 
 def _describe_layers(table: str | None) -> str:
@@ -221,30 +396,79 @@ def layer_scales(values: xr.Dataset) -> dict[str, float]:
 
 
 def save_values(values: xr.Dataset, path: str | Path) -> Path:
-    """Write values as netCDF (HDF5-based, via h5netcdf) atomically."""
+    """Write values as netCDF (HDF5-based, via h5netcdf) atomically.
+
+    Numeric variables are stored with HDF5's Fletcher-32 checksum, so that a file whose bytes
+    were damaged later fails to load instead of giving other numbers.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    values.to_netcdf(tmp, engine="h5netcdf")
-    tmp.replace(path)
+    encoding = {
+        name: {"fletcher32": True}
+        for name, variable in values.variables.items()
+        if variable.dtype.kind in "biufc" and variable.size > 0
+    }
+    with atomic_path(path) as tmp:  # removed again if writing fails (a full disk)
+        values.to_netcdf(tmp, engine="h5netcdf", encoding=encoding)
     return path
 
 
-def load_values(path: str | Path, network: Network | None = None) -> xr.Dataset:
-    """Read values written by :func:`save_values`; checked against ``network`` when given."""
+def _read_values(path: Path) -> tuple[xr.Dataset | None, str]:
+    """The dataset in ``path``, or ``None`` and what went wrong (any exception: a damaged file
+    fails in many ways in h5py, h5netcdf and xarray).
+
+    The exception is not kept: a half-opened ``h5netcdf.File`` that it references would report
+    an ``AttributeError`` from its ``__del__`` later; that one report is swallowed here.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        where = getattr(unraisable.object, "__module__", None) or ""
+        if not (where.startswith("h5netcdf") and isinstance(unraisable.exc_value, AttributeError)):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        try:
+            with xr.open_dataset(path, engine="h5netcdf") as handle:
+                return handle.load(), ""
+        except Exception as error:
+            problem = f"{type(error).__name__}: {error}"
+        gc.collect()  # while the hook is installed
+        return None, problem
+    finally:
+        sys.unraisablehook = previous
+
+
+def load_values(
+    path: str | Path,
+    network: Network | None = None,
+    detectors: Detectors | None = None,
+    *,
+    allow_other_model: bool = False,
+) -> xr.Dataset:
+    """Read values written by :func:`save_values`.
+
+    Always refused (DataError) when the file cannot be read or an entry is not finite; with
+    ``network`` (and ``detectors``) also checked to belong to that model, see
+    :func:`check_values_match`.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"values file {path} does not exist; compute it with `bioattn values`")
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as handle:
-            values = handle.load()
-    except (OSError, ValueError) as error:
+    values, problem = _read_values(path)
+    if values is None:
         raise DataError(
-            f"cannot read values file {path}: {error}; expected a netCDF file written by "
-            "`bioattn values`"
-        ) from error
-    if network is not None:
-        check_values_match(values, network)
+            f"cannot read values file {path}: it is corrupt or not a values file ({problem}); "
+            "recompute it with `bioattn values` (a netCDF file written by `bioattn values` is "
+            "expected)"
+        )
+    source = f"values file {path}"
+    if network is None:
+        check_values_finite(values, source)
+    else:
+        check_values_match(
+            values, network, detectors, allow_other_model=allow_other_model, source=source
+        )
     return values
 
 

@@ -115,10 +115,16 @@ class DataSection:
 
 @dataclass(frozen=True)
 class ValuesSection:
-    """A values file to use; empty means compute them (once) into the run folder."""
+    """A values file to use; empty means compute them (once) into the run folder.
+
+    Values remember the model they were computed for (a fingerprint of its weights and
+    detectors); values of another model are refused unless ``allow_other_model`` is set, for
+    deliberate cross-model use (then a warning).
+    """
 
     path: str = ""
     gradient_images: int = 100  # positives (and as many negatives) per category for gradients
+    allow_other_model: bool = False  # accept values computed for another model (a warning)
 
     def __post_init__(self) -> None:
         if self.gradient_images < 1:

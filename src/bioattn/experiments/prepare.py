@@ -122,7 +122,9 @@ def prepare(
     detectors fitted on ``data.detector_images`` training images per category, saved as
     ``RUN/detectors.safetensors``. With ``values`` the tuning and gradient values (for
     ``image_types``, default the sweep's) are read from ``[values] path`` or computed once
-    into ``RUN/values.nc``. ``run_dir`` defaults to ``[run] out``.
+    into ``RUN/values.nc``; values read are checked to belong to this network and its
+    detectors (their fingerprint), unless ``[values] allow_other_model`` (then a warning).
+    ``run_dir`` defaults to ``[run] out``.
     """
     if config is None:
         config = ExperimentConfig()
@@ -194,7 +196,20 @@ def _values(
         Path(config.values.path) if config.values.path else experiment.run_dir / "values.nc"
     )
     if values_path.exists():
-        return load_values(values_path, experiment.network)
+        try:
+            return load_values(
+                values_path,
+                experiment.network,
+                experiment.detectors,
+                allow_other_model=config.values.allow_other_model,
+            )
+        except (ConfigError, DataError) as error:
+            if config.values.path:
+                raise
+            # the run folder's own values: computed again once removed
+            raise type(error)(
+                f"{error} (or remove {values_path}: the run computes it again for this model)"
+            ) from error
     if config.values.path:
         raise ConfigError(f"[values] path {values_path} does not exist")
     types = config.sweep.image_types if image_types is None else image_types
