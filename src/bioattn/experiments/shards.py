@@ -14,18 +14,36 @@ Shards are packed into jobs (several shards per job, so that a worker loads the 
 job) and run by an executor: ``local`` (in this process), ``process`` (a pool of worker
 processes, each loading the experiment from its config) or ``submitit`` (Slurm through the
 optional ``submitit`` package; its local executor runs the same jobs on this machine).
+``process`` workers end with the sweep's process, however it ends (``kill -9`` included).
+
+A configured sweep holds ``RUN/.lock`` (an exclusive ``flock``) from start to end, so that two
+sweeps never write one folder at once. The file names the holder (PID, host, settings hash,
+fingerprint); a second sweep with other settings is refused at once with
+:class:`RunFolderBusyError`, one with the same settings waits for the first and then finds its
+shards finished. The file goes when the sweep ends; the kernel drops the lock of a killed sweep,
+so the file such a sweep leaves behind never blocks: its content is information only.
+
+``RUN/shards/manifest.json`` is the plan ``collect`` merges; it is not what makes a shard
+trusted. A damaged manifest, or one of another sweep, is rewritten, and each shard is still
+judged by its own tag: shards of this sweep are kept, others recomputed, never merged.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import re
+import signal
+import socket
+import sys
+import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -54,12 +72,23 @@ from bioattn.experiments.sweep import (
 from bioattn.models.detectors import Detectors
 from bioattn.models.network import Network
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; run folders are then not locked
+    fcntl = None  # type: ignore[assignment]
+
 SHARD_FOLDER = "shards"
+LOCK_FILE = ".lock"
 _METADATA_KEY = b"bioattn_shard"
 
 
 class SweepIncompleteError(BioattnError):
     """Some shards of a sweep failed; the finished ones are kept and a rerun retries the rest."""
+
+
+class RunFolderBusyError(ConfigError):
+    """The run folder is held by a sweep with other settings (or by this very process, which
+    would wait for itself)."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +247,7 @@ def run_shards(
     outcomes = []
     bar = tqdm(shards, desc="shards", disable=not progress, leave=False)
     for shard in bar:
+        _exit_if_orphaned()  # a pool worker whose sweep has gone starts no new shard
         path, error_path = _shard_path(run_dir, shard), _error_path(run_dir, shard)
         if _finished(run_dir, shard, fingerprint):
             outcomes.append(ShardOutcome(shard, "skipped"))
@@ -358,9 +388,18 @@ def run_jobs(
         from multiprocessing import get_context
 
         # spawn: a forked torch process can deadlock in its thread pools
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(job, *job_args, shards) for shards in jobs]
-            return [outcome for future in futures for outcome in future.result()]
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=get_context("spawn"),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
+            try:
+                futures = [pool.submit(job, *job_args, shards) for shards in jobs]
+                return [outcome for future in futures for outcome in future.result()]
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # start no queued job
+                raise
     try:
         import submitit
     except ImportError:
@@ -373,6 +412,42 @@ def run_jobs(
     auto.update_parameters(**dict(submitit_parameters or {}))
     handles = [auto.submit(job, *job_args, shards) for shards in jobs]
     return [outcome for handle in handles for outcome in handle.result()]
+
+
+#: The sweep process a pool worker serves (set in the worker by :func:`_die_with_parent`).
+_POOL_PARENT: int | None = None
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool-worker initializer: end this worker when the sweep process ``parent`` ends.
+
+    On Linux the kernel sends SIGKILL the moment the parent dies (``prctl(PR_SET_PDEATHSIG)``);
+    everywhere a watcher thread, and a check before each shard, exit once the worker's parent
+    is no longer ``parent`` (an orphan is adopted by another process).
+    """
+    global _POOL_PARENT
+    _POOL_PARENT = parent
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the watcher below still ends the worker
+            pass
+    _exit_if_orphaned()  # the parent died before prctl took effect
+    watcher = threading.Thread(target=_watch_parent, name="bioattn-parent-watch", daemon=True)
+    watcher.start()
+
+
+def _exit_if_orphaned() -> None:
+    if _POOL_PARENT is not None and os.getppid() != _POOL_PARENT:
+        os._exit(1)  # nothing to report to: the sweep that would read it is gone
+
+
+def _watch_parent() -> None:
+    while True:
+        time.sleep(0.5)
+        _exit_if_orphaned()
 
 
 def summarise_outcomes(outcomes: Iterable[ShardOutcome]) -> dict[str, int]:
@@ -416,33 +491,42 @@ def run_configured_sweep(config: ExperimentConfig, progress: bool = True) -> dic
     shards, runs the unfinished ones with the configured executor, merges them, and writes the
     results folder (tables, figures, ``config.json``). Raises :class:`SweepIncompleteError` when
     shards failed; the finished ones stay and a rerun retries the rest.
-    """
 
+    The whole run holds the run folder's lock (see :func:`lock_run_folder`): while another
+    sweep runs there, one with other settings raises :class:`RunFolderBusyError` at once and one
+    with the same settings waits for it, then reuses its shards.
+    """
     started = time.perf_counter()
+    with lock_run_folder(config.run.out, settings_key(config)) as lock:
+        return _run_configured_sweep(config, progress, lock, started)
+
+
+def _run_configured_sweep(
+    config: ExperimentConfig, progress: bool, lock: RunFolderLock, started: float
+) -> dict[str, Any]:
     run_dir = Path(config.run.out)
     experiment = prepare(config, progress=progress)
     network, detectors, values = experiment.network, experiment.detectors, experiment.values
     resolved = resolve_sweep(config.sweep, network, detectors, values)
     for note in resolved.notes:
-        warnings.warn(note, stacklevel=2)
+        warnings.warn(note, stacklevel=3)
     sweep = resolved.config
     config = replace(config, sweep=sweep)
     fingerprint = sweep_fingerprint(network, detectors, values, experiment.test_images, sweep)
+    lock.record(fingerprint)
     shards = plan_shards(network, detectors, values, sweep)
     # each shard holds one layer setting of one category: every image type, method and β
     per_shard = len(sweep.image_types) * len(resolved.methods) * len(sweep.betas)
     rows = {s.name: per_shard for s in shards}
-    manifest = _manifest_path(run_dir)
-    if manifest.exists():
-        try:
-            previous = json.loads(manifest.read_text()).get("fingerprint")
-        except json.JSONDecodeError:
-            previous = None
-        if previous != fingerprint:
-            warnings.warn(
-                f"{run_dir} held shards of another sweep; they will be recomputed, never merged",
-                stacklevel=2,
-            )
+    problem = _manifest_problem(run_dir, fingerprint)
+    if problem:
+        kept = sum(_tagged(run_dir, s, fingerprint) for s in shards)
+        warnings.warn(
+            f"{problem}; it is rewritten. Each shard is checked against its own tag: {kept} of "
+            f"{len(shards)} belong to this sweep and are kept, the other {len(shards) - kept} "
+            "are computed (shards of other settings are never merged)",
+            stacklevel=3,
+        )
     write_manifest(run_dir, fingerprint, shards, rows)
     precision = (
         precision_check(experiment, sweep, shards[0].category)
@@ -540,6 +624,32 @@ def precision_check(experiment: Any, sweep: SweepConfig, category: str) -> dict[
     return check
 
 
+def _manifest_problem(run_dir: Path, fingerprint: str) -> str | None:
+    """What is wrong with the run folder's manifest for this sweep (None: absent or its own)."""
+    path = _manifest_path(run_dir)
+    if not path.exists():
+        return None
+    try:
+        previous = json.loads(path.read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError) as error:  # ValueError: JSON, UTF-8
+        return f"{path} is damaged ({type(error).__name__}: {error})"
+    if previous != fingerprint:
+        return (
+            f"{path} was written by another sweep (fingerprint {previous!r}, this sweep "
+            f"{fingerprint})"
+        )
+    return None
+
+
+def _tagged(run_dir: Path, shard: Shard, fingerprint: str) -> bool:
+    """Whether a shard file is finished and tagged as this sweep's (no warning)."""
+    try:
+        read_shard(_shard_path(run_dir, shard), fingerprint, shard)
+        return True
+    except DataError:
+        return False
+
+
 def _finished(run_dir: Path, shard: Shard, fingerprint: str) -> bool:
     path = _shard_path(run_dir, shard)
     if not path.exists():
@@ -550,3 +660,150 @@ def _finished(run_dir: Path, shard: Shard, fingerprint: str) -> bool:
     except DataError as problem:
         warnings.warn(f"{problem}; computing it again", stacklevel=2)
         return False
+
+
+# --- the run folder's lock ------------------------------------------------------------------
+
+
+def settings_key(config: ExperimentConfig) -> str:
+    """A hash of what defines a configured sweep's rows, known before anything is loaded: the
+    whole config less ``[run]`` (where it goes, and how the work is spread)."""
+    settings = {k: v for k, v in config.to_dict().items() if k != "run"}
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class RunFolderLock:
+    """The held lock of a run folder; :meth:`record` adds the sweep's fingerprint to its file."""
+
+    def __init__(self, fd: int, path: Path, settings: str) -> None:
+        self.fd, self.path, self.settings = fd, path, settings
+        self.info: dict[str, Any] = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "settings": settings,
+            "fingerprint": None,
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+
+    def record(self, fingerprint: str | None) -> None:
+        """Write who holds the lock into the lock file, in place (the lock is on this inode)."""
+        self.info["fingerprint"] = fingerprint
+        data = json.dumps(self.info).encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        info = json.loads(os.pread(fd, 65536, 0) or b"null")
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _holder_running(info: Mapping[str, Any]) -> bool:
+    """Whether the lock file names a live process (one on another host is taken as live)."""
+    pid = info.get("pid")
+    if not isinstance(pid, int):
+        return False
+    if info.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe(info: Mapping[str, Any]) -> str:
+    if not info:
+        return "a process that has not written its details"
+    fingerprint = info.get("fingerprint") or "not computed yet"
+    return (
+        f"PID {info.get('pid')} on {info.get('host')} since {info.get('since')} (settings "
+        f"{info.get('settings')}, fingerprint {fingerprint})"
+    )
+
+
+@contextmanager
+def lock_run_folder(run_dir: str | Path, settings: str) -> Iterator[RunFolderLock]:
+    """Hold ``RUN/.lock`` exclusively for the block; released on any exit.
+
+    While another process holds it: if its lock file names other ``settings``, raise
+    :class:`RunFolderBusyError` (naming the folder and that process) without waiting; if the same
+    settings, warn and wait until it ends (its finished shards are then reused). On release the
+    lock file is removed (and the run folder, if this call made it and nothing was written);
+    the kernel releases the lock of a process that ends any other way, so a lock file left by a
+    killed sweep never blocks: it only tells who held it. Without ``fcntl`` (Windows) nothing
+    is locked.
+    """
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    path = run_dir / LOCK_FILE
+    fd = _open_locked(path, run_dir, settings)
+    try:
+        lock = RunFolderLock(fd, path, settings)
+        lock.record(None)
+        yield lock
+    finally:
+        with suppress(OSError):
+            path.unlink()  # still held: a waiter on this file sees it gone and locks a new one
+        os.close(fd)  # drops the flock
+        if created:
+            with suppress(OSError):
+                run_dir.rmdir()  # only when empty: a sweep refused before writing anything
+
+
+def _open_locked(path: Path, run_dir: Path, settings: str) -> int:
+    """A descriptor of ``path`` holding its flock, once the file is still the one at ``path``."""
+    while True:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is None:
+                return fd
+            _acquire(fd, run_dir, settings)
+            if _same_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder removed the file while this one waited: lock the new one
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+
+
+def _acquire(fd: int, run_dir: Path, settings: str) -> None:
+    deadline = time.monotonic() + 2.0  # a new holder writes its details right after locking
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            holder = _read_holder(fd)
+        if _holder_running(holder) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    mine = holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+    if holder.get("settings") != settings or mine:  # waiting for oneself would never end
+        other = "this process's own unfinished sweep" if mine else "a sweep with other settings"
+        raise RunFolderBusyError(
+            f"run folder {run_dir} is in use by {other}: {_describe(holder)}; this sweep has "
+            f"settings {settings}. Wait for it to end, or give this sweep another --out folder"
+        )
+    warnings.warn(
+        f"run folder {run_dir} is in use by a sweep with the same settings ({_describe(holder)});"
+        " waiting for it to end, then reusing its shards",
+        stacklevel=4,
+    )
+    fcntl.flock(fd, fcntl.LOCK_EX)
