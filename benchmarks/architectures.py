@@ -50,7 +50,7 @@ from bioattn.data.image_folder import load_image_folder  # noqa: E402
 from bioattn.data.tasks import task_seed  # noqa: E402
 from bioattn.experiments.engine import SweepEngine, naive_condition_logits  # noqa: E402
 from bioattn.models.detectors import fit_detectors  # noqa: E402
-from run import DISTURBED, CpuMeter, machine_info, peak_rss_gb  # noqa: E402
+from run import DISTURBED, CpuMeter, call_macs, machine_info, peak_rss_gb  # noqa: E402
 
 MODEL = "resnet18"
 SIZE = 64
@@ -117,11 +117,7 @@ def site_macs(network, layers, image_shape: tuple[int, ...]) -> tuple[int, dict[
         if isinstance(module, (nn.Conv2d, nn.Linear)):
 
             def hook(mod, _inputs, output):
-                if isinstance(mod, nn.Conv2d):
-                    per_output = mod.in_channels // mod.groups * int(np.prod(mod.kernel_size))
-                else:
-                    per_output = mod.in_features
-                done[0] += output[0].numel() * per_output
+                done[0] += call_macs(mod, output)
 
             handles.append(module.register_forward_hook(hook))
     readout = network.submodule(network.readout)

@@ -147,6 +147,15 @@ class CpuMeter:
 
 
 # --- multiply-adds ---------------------------------------------------------------------------
+def call_macs(module: nn.Conv2d | nn.Linear, output: torch.Tensor) -> int:
+    """Multiply-adds of one call of a conv or linear layer, per image, from its output."""
+    if isinstance(module, nn.Conv2d):
+        per_output = module.in_channels // module.groups * int(np.prod(module.kernel_size))
+    else:
+        per_output = module.in_features
+    return output[0].numel() * per_output
+
+
 def module_macs(network: Network, image_shape: tuple[int, ...]) -> list[tuple[str, int]]:
     """(module path, multiply-adds per image) of every conv and linear, in call order.
 
@@ -158,11 +167,7 @@ def module_macs(network: Network, image_shape: tuple[int, ...]) -> list[tuple[st
         if isinstance(module, (nn.Conv2d, nn.Linear)):
 
             def hook(mod, _inputs, output, name=name):
-                if isinstance(mod, nn.Conv2d):
-                    per_output = mod.in_channels // mod.groups * int(np.prod(mod.kernel_size))
-                else:
-                    per_output = mod.in_features
-                calls.append((name, output[0].numel() * per_output))
+                calls.append((name, call_macs(mod, output)))
 
             handles.append(module.register_forward_hook(hook))
     try:

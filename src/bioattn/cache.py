@@ -33,6 +33,13 @@ def update_with_tensor(digest: Any, tensor: torch.Tensor) -> None:
     digest.update(array.reshape(-1).view(torch.uint8).numpy().tobytes() if array.numel() else b"")
 
 
+def update_with_module(digest: Any, module: torch.nn.Module) -> None:
+    """Feed a module's state dict (names, shapes, dtypes, contents) into a ``hashlib`` digest."""
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        update_with_tensor(digest, tensor)
+
+
 def settings_key(settings: dict[str, Any]) -> str:
     """A short stable hash of JSON-serialisable settings, used to key cache entries."""
     blob = json.dumps(settings, sort_keys=True, default=str).encode()

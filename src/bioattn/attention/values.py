@@ -36,7 +36,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from bioattn.cache import atomic_path, update_with_tensor
+from bioattn.cache import atomic_path, update_with_module
 from bioattn.data.imageset import ImageSet
 from bioattn.data.tasks import GRADIENT_STREAM, TaskSet, make_task_set, task_seed
 from bioattn.errors import ConfigError, DataError
@@ -56,17 +56,13 @@ ALLOWED_ATTR = "allowed_for_model"
 
 def _weights_hash(network: Network) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(network.module.state_dict().items()):
-        digest.update(name.encode())
-        update_with_tensor(digest, tensor)
+    update_with_module(digest, network.module)
     return digest.hexdigest()[:16]
 
 
 def _detectors_hash(detectors: Detectors) -> str:
     digest = hashlib.sha256()
-    for tensor in (detectors.weight, detectors.bias, detectors.feature_mean, detectors.feature_std):
-        update_with_tensor(digest, tensor)
-    digest.update(json.dumps(list(detectors.categories)).encode())
+    detectors.update_digest(digest)
     return digest.hexdigest()[:16]
 
 

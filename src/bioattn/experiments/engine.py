@@ -53,6 +53,7 @@ from bioattn.errors import ConfigError
 from bioattn.models.detectors import Detectors
 from bioattn.models.hooks import capture_activity
 from bioattn.models.network import LayerInfo, Network
+from bioattn.models.sites import attribute
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -283,7 +284,7 @@ class _Splitter:
             if copy.op == "call_module":
                 attributes[str(node.target)] = self.gm.get_submodule(str(node.target))
             elif node.op == "get_attr":
-                attributes[str(node.target)] = _get_attr(self.gm, str(node.target))
+                attributes[str(node.target)] = attribute(self.gm, str(node.target))
             if node in modulated:
                 name = f"bioattn_modulation_{len(hooks)}"
                 module = _RowModulation()
@@ -340,13 +341,6 @@ class _Splitter:
         return _Plan(
             modulated[start], head, len(boundary), tail, reused, tuple(after), start_probed
         )
-
-
-def _get_attr(module: nn.Module, target: str) -> object:
-    value: object = module
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def _nchw(t: torch.Tensor) -> torch.Tensor:

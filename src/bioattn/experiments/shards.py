@@ -55,7 +55,7 @@ import pyarrow.parquet as pq
 import xarray as xr
 from tqdm.auto import tqdm
 
-from bioattn.cache import atomic_write_bytes, update_with_tensor
+from bioattn.cache import atomic_write_bytes, update_with_module, update_with_tensor
 from bioattn.data.imageset import ImageSet
 from bioattn.data.tasks import TaskSet
 from bioattn.errors import BioattnError, ConfigError, DataError
@@ -140,12 +140,8 @@ def sweep_fingerprint(
     settings = asdict(replace(sweep, categories=None, layers=None, all_layers=True))
     settings["precision"] = network.precision  # float32 and half-precision rows never mix
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(network.module.state_dict().items()):
-        digest.update(name.encode())
-        update_with_tensor(digest, tensor)
-    for tensor in (detectors.weight, detectors.bias, detectors.feature_mean, detectors.feature_std):
-        update_with_tensor(digest, tensor)
-    digest.update(json.dumps(list(detectors.categories)).encode())
+    update_with_module(digest, network.module)
+    detectors.update_digest(digest)
     for name in sorted(values.data_vars):
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(values[name].values).tobytes())

@@ -11,13 +11,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from bioattn.cache import atomic_path
+from bioattn.cache import atomic_path, update_with_tensor
 from bioattn.data.imageset import resolve_category
 from bioattn.errors import DataError, WeightsError
 
@@ -43,6 +44,12 @@ class Detectors:
     def index(self, category: str | int) -> int:
         """Index of a category name (unknown names list the valid ones)."""
         return resolve_category(category, self.categories)
+
+    def update_digest(self, digest: Any) -> None:
+        """Feed the detectors' tensors and categories into a ``hashlib`` digest."""
+        for tensor in (self.weight, self.bias, self.feature_mean, self.feature_std):
+            update_with_tensor(digest, tensor)
+        digest.update(json.dumps(list(self.categories)).encode())
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Logits (N, K) for readout features (N, D); differentiable with respect to features."""

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from bioattn.errors import ConfigError, LayerError
-from bioattn.models.sites import GROUP_SUFFIX, LayerInfo, Sites, find_sites
+from bioattn.models.sites import GROUP_SUFFIX, LayerInfo, Sites, find_sites, first_conv_channels
 
 __all__ = ["PRECISIONS", "LayerInfo", "Network", "resolve_device"]
 
@@ -215,10 +215,7 @@ class Network:
     @property
     def input_channels(self) -> int:
         """Channels of the images the model takes: its first convolution's, else len(mean)."""
-        for module in self.module.modules():
-            if isinstance(module, nn.Conv2d):
-                return int(module.in_channels)
-        return len(self.mean)
+        return first_conv_channels(self.module) or len(self.mean)
 
     # --- device and precision -------------------------------------------------------------
     @property

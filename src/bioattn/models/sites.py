@@ -272,12 +272,17 @@ def hooked_graph(
     return fx.GraphModule(attributes, graph), hooks
 
 
+def first_conv_channels(module: nn.Module) -> int | None:
+    """Input channels of ``module``'s first ``nn.Conv2d`` (in module order), or None."""
+    return next((int(m.in_channels) for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+
+
 def probe_input(
     module: nn.Module, mean: Sequence[float], size: int, pattern: bool = False
 ) -> torch.Tensor:
     """An image batch (1, C, size, size) for one shape-finding pass: zeros, or with ``pattern``
     a fixed pattern (no RNG used either way)."""
-    channels = next((m.in_channels for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = first_conv_channels(module)
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     shape = (1, channels or len(mean), size, size)
     if not pattern:

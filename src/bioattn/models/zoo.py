@@ -62,6 +62,7 @@ from bioattn.data.fashion_mnist import FASHION_MNIST_CATEGORIES
 from bioattn.errors import ConfigError, WeightsError
 from bioattn.models.architectures import ARCHITECTURES, Architecture
 from bioattn.models.network import Network
+from bioattn.models.sites import first_conv_channels
 from bioattn.models.weights import check_state_dict, load_state_dict_file, load_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,16 +82,6 @@ _VGG16_CONFIG: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
 )  # fmt: skip
 
-_BUILTIN = ("fashion-vgg", "vgg16", *ARCHITECTURES)
-#: torchvision weights (``torchvision.models.<enum>``) that ``weights="torchvision"`` fetches.
-_TORCHVISION_WEIGHTS = {
-    "vgg16": ("vgg16", "VGG16_Weights.IMAGENET1K_V1"),
-    **{
-        name: (name, arch.torchvision_weights)
-        for name, arch in ARCHITECTURES.items()
-        if arch.torchvision_weights is not None
-    },
-}
 _FASHION_CONV_INDICES = (0, 2, 5, 7, 10, 12)
 
 
@@ -274,10 +265,33 @@ def _build_fashion(
     )
 
 
+#: The ImageNet architectures, VGG-16 (defined here) first; each builds with ``build_network``.
+IMAGENET_ARCHITECTURES: dict[str, Architecture] = {
+    "vgg16": Architecture(
+        "vgg16",
+        VGG16,
+        "classifier.6",
+        "classifier.6.weight",
+        "torchvision.models.vgg16",
+        32,
+        "VGG16_Weights.IMAGENET1K_V1",
+    ),
+    **ARCHITECTURES,
+}
+_BUILTIN = ("fashion-vgg", *IMAGENET_ARCHITECTURES)
+#: Built-ins whose ImageNet weights ``weights="torchvision"`` fetches (torchvision's builder of
+#: the same name and its weights enum member).
+_TORCHVISION_WEIGHTS = {
+    name: arch.torchvision_weights
+    for name, arch in IMAGENET_ARCHITECTURES.items()
+    if arch.torchvision_weights is not None
+}
+
+
 def _torchvision_state(name: str) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
     """torchvision's ImageNet weights for built-in ``name`` (from its download cache) and the
     category names."""
-    builder, enum_path = _TORCHVISION_WEIGHTS[name]
+    enum_path = _TORCHVISION_WEIGHTS[name]
     try:
         import torchvision
     except ImportError as error:
@@ -289,7 +303,7 @@ def _torchvision_state(name: str) -> tuple[dict[str, torch.Tensor], tuple[str, .
     try:
         enum_name, member = enum_path.split(".")
         tv_weights = getattr(getattr(torchvision.models, enum_name), member)
-        model = getattr(torchvision.models, builder)(weights=tv_weights)
+        model = getattr(torchvision.models, name)(weights=tv_weights)
         categories = tuple(tv_weights.meta.get("categories", ()))
     except Exception as error:
         raise WeightsError(
@@ -304,9 +318,9 @@ def _torchvision_state(name: str) -> tuple[dict[str, torch.Tensor], tuple[str, .
 def _torchvision_only_error(spec: str) -> WeightsError:
     """The error for ``weights='torchvision'`` on a model torchvision has no weights for."""
     where = (
-        f"{spec!r} weights are published with {ARCHITECTURES[spec].source}: download the file "
-        "and pass its path"
-        if spec in ARCHITECTURES
+        f"{spec!r} weights are published with {IMAGENET_ARCHITECTURES[spec].source}: download the "
+        "file and pass its path"
+        if spec in IMAGENET_ARCHITECTURES
         else f"give {spec!r} a .safetensors/.pth state dict file"
     )
     return WeightsError(
@@ -324,8 +338,8 @@ def _counter_free(keys: object) -> frozenset[str]:
 def _builtin_key_sets() -> dict[str, frozenset[str]]:
     """State-dict keys (without BatchNorm counters) of each built-in model, built on ``meta``."""
     with torch.device("meta"):
-        modules: dict[str, nn.Module] = {"fashion-vgg": FashionVGG(), "vgg16": VGG16()}
-        modules.update({name: arch.build(1000) for name, arch in ARCHITECTURES.items()})
+        modules: dict[str, nn.Module] = {"fashion-vgg": FashionVGG()}
+        modules.update({name: arch.build(1000) for name, arch in IMAGENET_ARCHITECTURES.items()})
     return {name: _counter_free(module.state_dict()) for name, module in modules.items()}
 
 
@@ -377,8 +391,8 @@ def _load_checked(
                 f"Use weights saved from a {spec!r} (and the same number of classes, or pass "
                 "num_classes)"
             )
-            if spec in ARCHITECTURES:
-                advice += f"; {spec!r} follows {ARCHITECTURES[spec].source}"
+            if spec in IMAGENET_ARCHITECTURES:
+                advice += f"; {spec!r} follows {IMAGENET_ARCHITECTURES[spec].source}"
         raise WeightsError(
             f"weights from {source} do not match the model {spec!r} ({type(module).__name__}): "
             + "; ".join(problems)
@@ -388,15 +402,13 @@ def _load_checked(
 
 
 def _build_imagenet(
-    spec: str,
-    factory: object,
-    default_readout: str,
-    head: str,
+    arch: Architecture,
     weights: str | Path | None,
     num_classes: int | None,
     readout: str | None,
 ) -> Network:
-    """A built-in ImageNet model (VGG-16 or one of ``ARCHITECTURES``) as a Network."""
+    """A built-in ImageNet model (one of :data:`IMAGENET_ARCHITECTURES`) as a Network."""
+    spec, head = arch.name, arch.head
     state = None
     categories: tuple[str, ...] = ()
     source = ""
@@ -412,41 +424,22 @@ def _build_imagenet(
         if num_classes is None:
             num_classes = _classes_in(state, head)
     if state is None:
-        module = factory(num_classes or 1000)  # type: ignore[operator]
+        module = arch.build(num_classes or 1000)
     else:
         # Build without allocating or initialising (millions of parameters), then take the
         # file's tensors.
         with torch.device("meta"):
-            module = factory(num_classes or 1000)  # type: ignore[operator]
+            module = arch.build(num_classes or 1000)
         _load_checked(module, state, spec, source, assign=True)
     classes = int(module.get_submodule(head.rsplit(".", 1)[0]).out_features)
     return Network(
         module=module,
         name=spec,
-        readout=readout or default_readout,
+        readout=readout or arch.readout,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         input_size=224,
         categories=categories if len(categories) == classes else (),
-    )
-
-
-def _build_vgg16(
-    weights: str | Path | None, num_classes: int | None, readout: str | None = None
-) -> Network:
-    return _build_imagenet(
-        "vgg16", VGG16, "classifier.6", "classifier.6.weight", weights, num_classes, readout
-    )
-
-
-def _build_architecture(
-    arch: Architecture,
-    weights: str | Path | None,
-    num_classes: int | None,
-    readout: str | None,
-) -> Network:
-    return _build_imagenet(
-        arch.name, arch.build, arch.readout, arch.head, weights, num_classes, readout
     )
 
 
@@ -585,13 +578,6 @@ def _last_linear(module: nn.Module) -> str | None:
     return name
 
 
-def _first_conv_channels(module: nn.Module) -> int | None:
-    for child in module.modules():
-        if isinstance(child, nn.Conv2d):
-            return child.in_channels
-    return None
-
-
 def _floats(value: object, what: str, spec: str) -> tuple[float, ...]:
     try:
         if isinstance(value, (int, float, str)):
@@ -626,7 +612,7 @@ def _build_user(spec: str, weights: str | Path | None, readout: str | None = Non
                 "bioattn_readout = '<dotted module path>' in its module, naming the module whose "
                 "input is the feature vector for detectors"
             )
-        in_channels = _first_conv_channels(built) or 3
+        in_channels = first_conv_channels(built) or 3
         default_mean, default_std = (
             (IMAGENET_MEAN, IMAGENET_STD)
             if in_channels == 3
@@ -702,8 +688,6 @@ def build_network(
         if builtin == "fashion-vgg":
             network = _build_fashion(weights, num_classes, widths)
             return network if readout is None else replace(network, readout=readout)
-        if builtin == "vgg16":
-            return _build_vgg16(weights, num_classes, readout)
-        if builtin in ARCHITECTURES:
-            return _build_architecture(ARCHITECTURES[builtin], weights, num_classes, readout)
+        if builtin in IMAGENET_ARCHITECTURES:
+            return _build_imagenet(IMAGENET_ARCHITECTURES[builtin], weights, num_classes, readout)
         return _build_user(spec, weights, readout)
