@@ -370,6 +370,7 @@ def test_unusable_files(tmp_path: Path) -> None:
 def test_list_models_and_unknown_spec() -> None:
     assert list_models() == [
         "fashion-vgg",
+        "fashion-vgg16",
         "vgg16",
         "alexnet",
         "resnet18",

@@ -214,14 +214,18 @@ def refuse_epochs(args: argparse.Namespace) -> None:
         )
 
 
-def require_default(config: ExperimentConfig, why: str) -> None:
+def require_default(
+    config: ExperimentConfig, why: str, specs: tuple[str, ...] | None = None
+) -> None:
     """Refuse what ``config`` asks beyond the trained default network on Fashion-MNIST on the
-    default device at the default precision; ``why`` says why."""
+    default device at the default precision; ``why`` says why. ``specs`` are the models accepted
+    (without weights; default: only the default spec)."""
     from bioattn.experiments.config import DataSection, ModelSection
 
     model, data, default = config.model, config.data, ModelSection()
+    accepted = (default.spec,) if specs is None else specs
     refused = []
-    if model.spec != default.spec or model.weights != default.weights:
+    if model.spec.strip().lower() not in accepted or model.weights != default.weights:
         refused.append(
             f"model {model.spec}" + (f" with weights {model.weights}" if model.weights else "")
         )

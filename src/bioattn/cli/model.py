@@ -17,22 +17,27 @@ from bioattn.cli.common import (
 )
 from bioattn.errors import ConfigError
 
-#: Why ``train`` trains only the default network.
+#: Why ``train`` trains only the embedded networks.
 TRAIN_DEFAULT_ONLY = (
-    "`bioattn train` trains the default network (fashion-vgg) on Fashion-MNIST on the CPU; "
-    "other models come with their weights file (--model SPEC --weights FILE on the other commands)"
+    "`bioattn train` trains the embedded networks (--model fashion-vgg, the default, or "
+    "--model fashion-vgg16) on Fashion-MNIST on the CPU; other models come with their weights "
+    "file (--model SPEC --weights FILE on the other commands)"
 )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train (or load from the cache) the default network and report its accuracy."""
+    """Train (or load from the cache) an embedded network and report its accuracy."""
     from bioattn.models.train import TrainSettings, load_default
+    from bioattn.models.zoo import FASHION_ARCHITECTURES
 
     config = experiment_config(args)
-    require_default(config, TRAIN_DEFAULT_ONLY)
+    require_default(config, TRAIN_DEFAULT_ONLY, specs=tuple(FASHION_ARCHITECTURES))
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
-    settings = TrainSettings(**given(seed=config.model.seed, epochs=args.epochs))
+    settings = TrainSettings(
+        architecture=config.model.spec,
+        **given(seed=config.model.seed, epochs=args.epochs),
+    )
     trained = load_default(settings, config.data.path or None, retrain=args.retrain)
     metrics = trained.metrics
     print(f"model cached in {trained.path}")
@@ -101,8 +106,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``train``, ``layers`` and ``values``."""
     from bioattn.experiments.sweep import SweepConfig
 
-    p = sub.add_parser("train", help="train (or load) the default Fashion-MNIST network")
-    add_model_options(p, note=f"Only the defaults: {TRAIN_DEFAULT_ONLY}.")
+    p = sub.add_parser(
+        "train",
+        help="train (or load) an embedded Fashion-MNIST network (fashion-vgg, fashion-vgg16)",
+    )
+    add_model_options(p, note=f"Only the embedded networks: {TRAIN_DEFAULT_ONLY}.")
     add_epochs(p)
     p.add_argument("--retrain", action="store_true", help="ignore the cache and train again")
     p.set_defaults(func=cmd_train)
@@ -110,8 +118,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("layers", help="list a model's attention sites (attendable layers)")
     p.add_argument(
         "model",
-        help="fashion-vgg, vgg16, alexnet, resnet18, resnet50, cornet-z, cornet-s, or "
-        "package.module:callable",
+        help="fashion-vgg, fashion-vgg16, vgg16, alexnet, resnet18, resnet50, cornet-z, cornet-s, "
+        "or package.module:callable",
     )
     p.add_argument("--weights", default=None, help="weights file (.safetensors or .pth)")
     p.set_defaults(func=cmd_layers)

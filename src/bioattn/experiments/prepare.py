@@ -25,7 +25,7 @@ from bioattn.experiments.config import DataSection, ExperimentConfig, load_confi
 from bioattn.models.detectors import Detectors, fit_detectors
 from bioattn.models.network import Network
 from bioattn.models.train import TrainSettings, load_default
-from bioattn.models.zoo import build_network
+from bioattn.models.zoo import FASHION_ARCHITECTURES, build_network
 
 __all__ = ["Experiment", "load_images", "prepare", "with_overrides"]
 
@@ -49,12 +49,22 @@ class Experiment:
 
     @property
     def is_default(self) -> bool:
-        """Whether the network is the trained default (fashion-vgg on Fashion-MNIST)."""
+        """Whether the network is a trained embedded default (fashion-vgg, or fashion-vgg16,
+        without a weights file, on Fashion-MNIST)."""
         return _is_default(self.config)
 
 
+def _embedded_architecture(config: ExperimentConfig) -> str | None:
+    """The embedded architecture whose trained default ``config`` asks for (``[model] spec``
+    "fashion-vgg" or "fashion-vgg16" without weights), else None."""
+    spec = config.model.spec.strip().lower()
+    if spec in FASHION_ARCHITECTURES and not config.model.weights:
+        return spec
+    return None
+
+
 def _is_default(config: ExperimentConfig) -> bool:
-    return config.model.spec == "fashion-vgg" and not config.model.weights
+    return _embedded_architecture(config) is not None
 
 
 def folder_geometry(
@@ -117,8 +127,9 @@ def prepare(
     """Load (or fit once and keep in the run folder) everything an experiment needs.
 
     ``config`` is an :class:`ExperimentConfig`, the path of a TOML file, or ``None`` for the
-    defaults (the trained default network on Fashion-MNIST). The default network with no
-    weights file is the trained default (trained and cached on first use). Other networks get
+    defaults (the trained default network on Fashion-MNIST). An embedded network
+    (``fashion-vgg``, ``fashion-vgg16``) with no weights file is that architecture's trained
+    default (trained and cached on first use). Other networks get
     detectors fitted on ``data.detector_images`` training images per category, saved as
     ``RUN/detectors.safetensors``. With ``values`` the tuning and gradient values (for
     ``image_types``, default the sweep's) are read from ``[values] path`` or computed once
@@ -131,14 +142,18 @@ def prepare(
     elif not isinstance(config, ExperimentConfig):
         config = load_config(config)
     run = Path(run_dir) if run_dir is not None else Path(config.run.out)
-    if _is_default(config):
+    architecture = _embedded_architecture(config)
+    if architecture is not None:
         if config.data.kind != "fashion-mnist":
             raise ConfigError(
-                "the trained default network (fashion-vgg without weights) goes with "
-                "[data] kind = 'fashion-mnist'; give [model] weights for other data"
+                f"the trained embedded network ({architecture} without weights) goes with "
+                f"[data] kind = 'fashion-mnist', not {config.data.kind!r}; give [model] weights "
+                "for other data"
             )
         trained = load_default(
-            TrainSettings(seed=config.model.seed), config.data.path or None, progress=progress
+            TrainSettings(seed=config.model.seed, architecture=architecture),
+            config.data.path or None,
+            progress=progress,
         )
         network, detectors = trained.network, trained.detectors
         train, test = load_images(config.data, network)

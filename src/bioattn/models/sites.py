@@ -75,6 +75,14 @@ PROBE_SIZES = (64, 32, 28, 224, 96, 56, 128)
 GROUP_SUFFIX = ":*"
 
 
+def _ends_block(module: nn.Module) -> bool:
+    """Whether ``module`` ends a block for the VGG aliases: a pooling layer, or a module that
+    declares ``bioattn_block_boundary`` (a block that does not pool)."""
+    return isinstance(module, _POOL_MODULES) or bool(
+        getattr(module, "bioattn_block_boundary", False)
+    )
+
+
 def activation_kind(module: nn.Module) -> str | None:
     """The kind of an activation module (``"ReLU"``, ``"GELU"``, ...), or None.
 
@@ -95,8 +103,9 @@ class LayerInfo:
     """One attention site (a call of an activation), or a group of a module's calls.
 
     ``alias`` is the label tables and values files use: the VGG-style ``conv<block>_<k>`` for
-    plain conv → activation chains (VGG-16, AlexNet, CORnet-Z, the default network; blocks
-    counted by pooling layers), otherwise the site name.
+    plain conv → activation chains (VGG-16, AlexNet, CORnet-Z, the embedded networks; blocks
+    counted by pooling layers and modules declaring ``bioattn_block_boundary``), otherwise the
+    site name.
     """
 
     number: int  # 1-based position among the sites in network order; 0 for a group
@@ -178,7 +187,7 @@ class _Candidate:
     function: str  # "" for modules, else the function's name
     kind: str
     conv: str
-    block: int  # pooling layers before it, for VGG aliases
+    block: int  # block ends (pooling layers, block boundaries) before it, for VGG aliases
     shape: tuple[int, ...] = ()
 
 
@@ -217,7 +226,7 @@ def _candidates(gm: fx.GraphModule) -> list[_Candidate]:
         kind, scope, function = None, "", ""
         if node.op == "call_module":
             module = gm.get_submodule(str(node.target))
-            if isinstance(module, _POOL_MODULES):
+            if _ends_block(module):
                 if since_pool:
                     block, since_pool = block + 1, 0
                 continue
@@ -531,7 +540,7 @@ def _hook_sites(
     handles = []
     for path, child in module.named_modules():
         kind = activation_kind(child)
-        if isinstance(child, _POOL_MODULES):
+        if _ends_block(child):
 
             def pool_hook(_m, _i, _o):
                 calls.append(("", "pool", "", ()))

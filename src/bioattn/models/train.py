@@ -1,11 +1,12 @@
-"""Training the embedded default: the small VGG-style network on Fashion-MNIST, plus its
-detectors, cached under the user cache directory keyed by everything that determines them."""
+"""Training the embedded networks: the small VGG-style default (fashion-vgg) or its deeper
+sibling (fashion-vgg16) on Fashion-MNIST, plus their detectors, cached under the user cache
+directory keyed by everything that determines them."""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -14,28 +15,58 @@ from tqdm.auto import tqdm
 
 from bioattn.cache import atomic_write_bytes, cache_dir, settings_key
 from bioattn.data.fashion_mnist import find_data_dir, load_fashion_mnist
+from bioattn.errors import ConfigError
 from bioattn.models.detectors import Detectors, evaluate_detectors, fit_detectors
 from bioattn.models.network import Network
 from bioattn.models.weights import load_weights, save_weights
-from bioattn.models.zoo import DEFAULT_FASHION_WIDTHS, FashionVGG, build_network, fold_batch_norm
+from bioattn.models.zoo import (
+    DEFAULT_FASHION_ARCHITECTURE,
+    FASHION_ARCHITECTURES,
+    build_network,
+    fashion_architecture,
+    fold_batch_norm,
+)
 
 #: Bumped whenever the training code changes in a way that changes the weights it produces.
 TRAINING_CODE_VERSION = 1
 
 
+#: Settings left out of the cache key while they have their default value, so that adding them
+#: kept the keys of the networks trained before.
+_KEYED_ONLY_IF_CHANGED = ("architecture",)
+
+
 @dataclass(frozen=True)
 class TrainSettings:
-    """Everything that determines the trained default network (and so its cache key)."""
+    """Everything that determines a trained embedded network (and so its cache key).
+
+    ``architecture`` is one of :data:`~bioattn.models.zoo.FASHION_ARCHITECTURES`
+    (``"fashion-vgg"``, the default, or ``"fashion-vgg16"``); ``widths`` (one per block)
+    defaults to that architecture's and is filled in on construction.
+    """
 
     epochs: int = 5
     batch_size: int = 128
     learning_rate: float = 5e-3
     weight_decay: float = 1e-4
-    widths: tuple[int, int, int] = DEFAULT_FASHION_WIDTHS
+    widths: tuple[int, ...] | None = None  # None: the architecture's default widths
     flip_augment: bool = True
     n_train: int | None = None  # first N training images only (quick runs); None: all 60,000
     seed: int = 0
     detector_l2: float = 1e-3
+    architecture: str = DEFAULT_FASHION_ARCHITECTURE
+
+    def __post_init__(self) -> None:
+        arch = fashion_architecture(self.architecture)
+        widths = arch.widths if self.widths is None else tuple(int(w) for w in self.widths)
+        if len(widths) != len(arch.convs) or min(widths) < 1:
+            raise ConfigError(
+                f"TrainSettings widths for {arch.name!r} must be {len(arch.convs)} positive "
+                f"ints (one per block), got {self.widths!r}; leave widths out for "
+                f"{arch.name!r}'s default {arch.widths}"
+            )
+        object.__setattr__(self, "architecture", arch.name)
+        object.__setattr__(self, "widths", widths)
 
 
 @dataclass
@@ -53,17 +84,28 @@ def _data_fingerprint(data_dir: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(data_dir.iterdir()) if "idx" in p.name}
 
 
+def _keyed_settings(settings: TrainSettings) -> dict:
+    """The settings as the cache key sees them: those in :data:`_KEYED_ONLY_IF_CHANGED` are
+    left out while they have their default value."""
+    keyed = asdict(settings)
+    for field in fields(TrainSettings):
+        if field.name in _KEYED_ONLY_IF_CHANGED and keyed[field.name] == field.default:
+            del keyed[field.name]
+    return keyed
+
+
 def model_dir(settings: TrainSettings, data_dir: Path) -> Path:
-    """Cache folder for a trained default network with these settings and data."""
+    """Cache folder for a trained embedded network with these settings and data, named
+    ``<architecture>-<key>``."""
     key = settings_key(
         {
-            "settings": asdict(settings),
+            "settings": _keyed_settings(settings),
             "data": _data_fingerprint(data_dir),
             "code": TRAINING_CODE_VERSION,
             "torch": torch.__version__.split("+")[0],
         }
     )
-    return cache_dir() / "models" / f"fashion-vgg-{key}"
+    return cache_dir() / "models" / f"{settings.architecture}-{key}"
 
 
 def _accuracy(
@@ -82,16 +124,18 @@ def train_default(
     data_dir: str | Path | None = None,
     progress: bool = True,
 ) -> TrainedModel:
-    """Train the default network on Fashion-MNIST and fit its detectors (no cache involved).
+    """Train an embedded network (``settings.architecture``, by default fashion-vgg) on
+    Fashion-MNIST and fit its detectors (no cache involved).
 
     The network trains with batch normalisation (and random horizontal flips), which reaches
     90 % in a few epochs on two cores; the normalisation is then folded into the convs so the
     returned network is a plain conv-ReLU stack. Deterministic given ``settings.seed``: weights,
     batch order, flips and detector fits all follow it.
     """
+    arch = FASHION_ARCHITECTURES[settings.architecture]
     torch.manual_seed(settings.seed)
-    network = build_network("fashion-vgg", widths=settings.widths, seed=settings.seed)
-    module = FashionVGG(settings.widths, batch_norm=True)
+    network = build_network(arch.name, widths=settings.widths, seed=settings.seed)
+    module = arch.build(settings.widths, batch_norm=True)
     train = load_fashion_mnist("train", data_dir)
     if settings.n_train is not None:
         train = train.subset(torch.arange(min(settings.n_train, len(train))))
@@ -108,7 +152,9 @@ def train_default(
     loss_fn = nn.CrossEntropyLoss()
     started = time.perf_counter()
     bar = tqdm(
-        total=settings.epochs * steps_per_epoch, desc="training fashion-vgg", disable=not progress
+        total=settings.epochs * steps_per_epoch,
+        desc=f"training {arch.name}",
+        disable=not progress,
     )
     module.train()
     for _epoch in range(settings.epochs):
@@ -156,13 +202,14 @@ def load_default(
     retrain: bool = False,
     progress: bool = True,
 ) -> TrainedModel:
-    """The trained default network and detectors, from the cache or trained now and cached."""
+    """The trained embedded network (``settings.architecture``) and its detectors, from the
+    cache or trained now and cached."""
     folder = model_dir(settings, find_data_dir(data_dir))
     weights_file = folder / "model.safetensors"
     detectors_file = folder / "detectors.safetensors"
     metrics_file = folder / "metrics.json"
     if not retrain and all(p.exists() for p in (weights_file, detectors_file, metrics_file)):
-        network = build_network("fashion-vgg", widths=settings.widths, seed=settings.seed)
+        network = build_network(settings.architecture, widths=settings.widths, seed=settings.seed)
         load_weights(network.module, weights_file)
         network.module.eval()
         return TrainedModel(

@@ -1,9 +1,18 @@
-"""The model zoo: the small default network for Fashion-MNIST, torchvision-compatible VGG-16,
-AlexNet, ResNet-18 and ResNet-50, the DiCarlo lab's CORnet-Z and CORnet-S, and any user model
-given as ``"package.module:callable"``.
+"""The model zoo: the small default network for Fashion-MNIST and its deeper sibling,
+torchvision-compatible VGG-16, AlexNet, ResNet-18 and ResNet-50, the DiCarlo lab's CORnet-Z and
+CORnet-S, and any user model given as ``"package.module:callable"``.
 
 :func:`build_network` turns a model spec (and optionally a weights file) into a
 :class:`~bioattn.models.network.Network`. Built-in specs are listed by :func:`list_models`.
+
+Embedded models
+---------------
+``fashion-vgg`` (the default: 3 blocks of 2 convs, widths 16, 32, 64) and ``fashion-vgg16``
+(VGG-16's 13 convs in blocks of 2, 2, 3, 3, 3, widths 16, 32, 64, 64, 64, max pooling after
+blocks 1-3 only) are configurations of one class, :class:`FashionVGG`
+(:data:`FASHION_ARCHITECTURES`): 1-channel inputs of any size (global average pooling),
+Fashion-MNIST's mean and std, readout ``classifier``. They are trained here
+(:mod:`bioattn.models.train`); a weights file gives its widths and number of classes.
 
 ImageNet models
 ---------------
@@ -52,7 +61,7 @@ import importlib
 import inspect
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -69,6 +78,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Channel widths of the default network: small enough to train in minutes on two cores.
 DEFAULT_FASHION_WIDTHS = (16, 32, 64)
+#: Channel widths of fashion-vgg16's five blocks.
+FASHION_VGG16_WIDTHS = (16, 32, 64, 64, 64)
 FASHION_MEAN = (0.2860,)
 FASHION_STD = (0.3530,)
 
@@ -82,19 +93,37 @@ _VGG16_CONFIG: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
 )  # fmt: skip
 
-_FASHION_CONV_INDICES = (0, 2, 5, 7, 10, 12)
+_COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
 
 
-class FashionVGG(nn.Module):
-    """Small VGG-style network for 1-channel images, fully convolutional.
+class BlockBoundary(nn.Identity):
+    """Marks the end of a block of convs that is not followed by pooling; computes nothing.
 
-    Three blocks of two 3x3 convs (widths ``c1, c2, c3``), each conv followed by a ReLU module, with
-    2x2 max pooling between blocks; then global average pooling and a linear classifier. Because
-    of the global pooling it accepts any input size from 4x4 up (28x28 digits, 56x56 arrays).
+    Attention sites count blocks by pooling layers (for the ``conv<block>_<k>`` aliases); this
+    module declares a block boundary (``bioattn_block_boundary``) where a network does not pool.
+    """
+
+    bioattn_leaf = True
+    bioattn_block_boundary = True
+
+
+class FashionVGG(nn.Module):
+    """VGG-style network for 1-channel images, fully convolutional, in blocks of 3x3 convs.
+
+    Block ``b`` holds ``convs[b]`` 3x3 convs of ``widths[b]`` maps, each conv followed by a ReLU
+    module; a 2x2 max pooling follows the blocks numbered (from 1) in ``pool_after`` (default:
+    every block but the last), and a :class:`BlockBoundary` (which computes nothing) follows
+    every other block but the last, so that layers get VGG's aliases ``conv<block>_<k>``. Then
+    global average pooling and a linear classifier. Because of the global pooling it accepts
+    any input size from ``2 ** len(pool_after)`` pixels up (28x28 digits, 56x56 arrays).
+
+    The default configuration is the default network ``fashion-vgg`` (three blocks of two
+    convs, widths 16, 32, 64); :data:`FASHION_ARCHITECTURES` holds ``fashion-vgg16`` too
+    (VGG-16's 2, 2, 3, 3, 3 convs; its conv indices in ``features`` are VGG-16's).
 
     ``batch_norm=True`` puts a BatchNorm2d between each conv and its ReLU; it is used only while
     training (it speeds convergence) and folded into the convs afterwards with
@@ -106,29 +135,49 @@ class FashionVGG(nn.Module):
         widths: Sequence[int] = DEFAULT_FASHION_WIDTHS,
         num_classes: int = 10,
         batch_norm: bool = False,
+        *,
+        convs: Sequence[int] = (2, 2, 2),
+        pool_after: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        convs = tuple(int(n) for n in convs)
+        if not convs or min(convs) < 1:
+            raise ConfigError(f"FashionVGG convs must be one positive int per block, got {convs!r}")
         widths = tuple(int(w) for w in widths)
-        if len(widths) != 3 or min(widths) < 1:
-            raise ConfigError(f"FashionVGG widths must be three positive ints, got {widths!r}")
+        if len(widths) != len(convs) or min(widths) < 1:
+            count = _COUNT_WORDS[len(convs)] if len(convs) < len(_COUNT_WORDS) else len(convs)
+            raise ConfigError(
+                f"FashionVGG widths must be {count} positive ints (one per block of "
+                f"convs {convs}), got {widths!r}"
+            )
         if int(num_classes) < 1:
             raise ConfigError(f"num_classes must be a positive int, got {num_classes!r}")
-        c1, c2, c3 = widths
+        blocks = range(1, len(convs) + 1)
+        pools = tuple(blocks[:-1]) if pool_after is None else tuple(int(b) for b in pool_after)
+        if any(b not in blocks for b in pools) or len(set(pools)) != len(pools):
+            raise ConfigError(
+                f"FashionVGG pool_after must name distinct blocks 1..{len(convs)}, got {pools!r}"
+            )
         self.widths = widths
+        self.convs = convs
+        self.pool_after = tuple(sorted(pools))
         self.batch_norm = batch_norm
         layers: list[nn.Module] = []
-        pairs = [(1, c1), (c1, c1), None, (c1, c2), (c2, c2), None, (c2, c3), (c3, c3)]
-        for pair in pairs:
-            if pair is None:
+        channels = 1
+        for block, (n, width) in enumerate(zip(convs, widths, strict=True), start=1):
+            for _ in range(n):
+                layers.append(_conv3x3(channels, width))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(width))
+                layers.append(nn.ReLU())
+                channels = width
+            if block in self.pool_after:
                 layers.append(nn.MaxPool2d(2))
-                continue
-            layers.append(_conv3x3(*pair))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(pair[1]))
-            layers.append(nn.ReLU())
+            elif block != len(convs):
+                layers.append(BlockBoundary())
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c3, int(num_classes))
+        self.classifier = nn.Linear(widths[-1], int(num_classes))
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -140,13 +189,78 @@ class FashionVGG(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
+@dataclass(frozen=True)
+class FashionArchitecture:
+    """An embedded Fashion-MNIST network: a :class:`FashionVGG` configuration, trained here."""
+
+    name: str
+    convs: tuple[int, ...]  # convs per block
+    widths: tuple[int, ...]  # default channel widths per block
+    pool_after: tuple[int, ...]  # blocks (from 1) followed by 2x2 max pooling
+
+    def build(
+        self,
+        widths: Sequence[int] | None = None,
+        num_classes: int = 10,
+        batch_norm: bool = False,
+    ) -> FashionVGG:
+        """A FashionVGG of this architecture (``widths`` default: :attr:`widths`)."""
+        return FashionVGG(
+            self.widths if widths is None else widths,
+            num_classes,
+            batch_norm,
+            convs=self.convs,
+            pool_after=self.pool_after,
+        )
+
+    def conv_indices(self) -> tuple[int, ...]:
+        """Indices of the convs in ``features`` (without batch norm)."""
+        indices, position = [], 0
+        for block, n in enumerate(self.convs, start=1):
+            for _ in range(n):
+                indices.append(position)
+                position += 2  # conv, ReLU
+            if block != len(self.convs):
+                position += 1  # MaxPool2d or BlockBoundary
+        return tuple(indices)
+
+
+#: The embedded networks (trained on Fashion-MNIST by :mod:`bioattn.models.train`), the
+#: default first.
+FASHION_ARCHITECTURES: dict[str, FashionArchitecture] = {
+    "fashion-vgg": FashionArchitecture("fashion-vgg", (2, 2, 2), DEFAULT_FASHION_WIDTHS, (1, 2)),
+    "fashion-vgg16": FashionArchitecture(
+        "fashion-vgg16", (2, 2, 3, 3, 3), FASHION_VGG16_WIDTHS, (1, 2, 3)
+    ),
+}
+#: The default embedded network.
+DEFAULT_FASHION_ARCHITECTURE = "fashion-vgg"
+
+
+def fashion_architecture(name: str) -> FashionArchitecture:
+    """The embedded architecture ``name``; a ConfigError lists the valid ones otherwise."""
+    try:
+        return FASHION_ARCHITECTURES[str(name).strip().lower()]
+    except KeyError:
+        raise ConfigError(
+            f"unknown embedded architecture {name!r}; the embedded (trained here) networks are "
+            + ", ".join(repr(n) for n in FASHION_ARCHITECTURES)
+        ) from None
+
+
 def fold_batch_norm(model: FashionVGG) -> FashionVGG:
     """A BatchNorm-free FashionVGG computing exactly what ``model`` computes in eval mode.
 
     Each BatchNorm's running statistics and affine parameters are folded into the preceding
     conv: ``w' = w * g``, ``b' = (b - mean) * g + beta`` with ``g = gamma / sqrt(var + eps)``.
     """
-    folded = FashionVGG(model.widths, model.classifier.out_features, batch_norm=False)
+    folded = FashionVGG(
+        model.widths,
+        model.classifier.out_features,
+        batch_norm=False,
+        convs=model.convs,
+        pool_after=model.pool_after,
+    )
     convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
     norms = [m for m in model.features if isinstance(m, nn.BatchNorm2d)]
     targets = [m for m in folded.features if isinstance(m, nn.Conv2d)]
@@ -221,13 +335,17 @@ def _spec_help() -> str:
     )
 
 
-def _fashion_widths(state: dict[str, torch.Tensor]) -> tuple[int, int, int] | None:
-    """FashionVGG widths read from a state dict, or None if it does not look like one."""
-    keys = [f"features.{i}.weight" for i in _FASHION_CONV_INDICES[::2]]
-    if all(k in state and state[k].ndim == 4 for k in keys):
-        c1, c2, c3 = (int(state[k].shape[0]) for k in keys)
-        return c1, c2, c3
-    return None
+def _fashion_widths(
+    arch: FashionArchitecture, state: Mapping[str, torch.Tensor]
+) -> tuple[int, ...] | None:
+    """``arch``'s widths read from a state dict (the first conv of each block), or None if the
+    state dict does not hold that architecture's convs."""
+    indices = arch.conv_indices()
+    keys = [f"features.{i}.weight" for i in indices]
+    if not all(k in state and state[k].ndim == 4 for k in keys):
+        return None
+    firsts = [sum(arch.convs[:b]) for b in range(len(arch.convs))]
+    return tuple(int(state[keys[i]].shape[0]) for i in firsts)
 
 
 def _classes_in(state: dict[str, torch.Tensor], key: str) -> int | None:
@@ -236,27 +354,32 @@ def _classes_in(state: dict[str, torch.Tensor], key: str) -> int | None:
 
 
 def _build_fashion(
-    weights: str | Path | None, num_classes: int | None, widths: Sequence[int] | None
+    arch: FashionArchitecture,
+    weights: str | Path | None,
+    num_classes: int | None,
+    widths: Sequence[int] | None,
 ) -> Network:
+    """An embedded Fashion-MNIST network (one of :data:`FASHION_ARCHITECTURES`) as a Network;
+    widths and classes default to the weights file's."""
     state = None
     if weights is not None:
         if str(weights) == "torchvision":
             raise WeightsError(
-                "weights='torchvision' exists only for 'vgg16'; give 'fashion-vgg' a "
-                ".safetensors/.pth file saved from a FashionVGG"
+                f"weights='torchvision' exists only for 'vgg16'; give {arch.name!r} a "
+                f".safetensors/.pth file saved from a {arch.name!r} (FashionVGG)"
             )
         state = load_state_dict_file(weights)
         if widths is None:
-            widths = _fashion_widths(state)
+            widths = _fashion_widths(arch, state)
         if num_classes is None:
             num_classes = _classes_in(state, "classifier.weight")
-    module = FashionVGG(widths or DEFAULT_FASHION_WIDTHS, num_classes or 10)
+    module = arch.build(widths, num_classes or 10)
     if state is not None:
-        load_weights(module, state)
+        _load_checked(module, state, arch.name, repr(str(weights)))
     n = module.classifier.out_features
     return Network(
         module=module,
-        name="fashion-vgg",
+        name=arch.name,
         readout="classifier",
         mean=FASHION_MEAN,
         std=FASHION_STD,
@@ -278,7 +401,7 @@ IMAGENET_ARCHITECTURES: dict[str, Architecture] = {
     ),
     **ARCHITECTURES,
 }
-_BUILTIN = ("fashion-vgg", *IMAGENET_ARCHITECTURES)
+_BUILTIN = (*FASHION_ARCHITECTURES, *IMAGENET_ARCHITECTURES)
 #: Built-ins whose ImageNet weights ``weights="torchvision"`` fetches (torchvision's builder of
 #: the same name and its weights enum member).
 _TORCHVISION_WEIGHTS = {
@@ -338,7 +461,9 @@ def _counter_free(keys: object) -> frozenset[str]:
 def _builtin_key_sets() -> dict[str, frozenset[str]]:
     """State-dict keys (without BatchNorm counters) of each built-in model, built on ``meta``."""
     with torch.device("meta"):
-        modules: dict[str, nn.Module] = {"fashion-vgg": FashionVGG()}
+        modules: dict[str, nn.Module] = {
+            name: arch.build() for name, arch in FASHION_ARCHITECTURES.items()
+        }
         modules.update({name: arch.build(1000) for name, arch in IMAGENET_ARCHITECTURES.items()})
     return {name: _counter_free(module.state_dict()) for name, module in modules.items()}
 
@@ -652,7 +777,8 @@ def build_network(
     """Build a model and wrap it as a :class:`Network` in eval mode.
 
     Args:
-        spec: ``"fashion-vgg"`` (the small default network), an ImageNet architecture
+        spec: ``"fashion-vgg"`` (the small default network), ``"fashion-vgg16"`` (its deeper
+            sibling with VGG-16's 13 convs), an ImageNet architecture
             (``"vgg16"``, ``"alexnet"``, ``"resnet18"``, ``"resnet50"``, ``"cornet-z"``,
             ``"cornet-s"``; see the module docstring) or ``"package.module:callable"``.
         weights: a ``.safetensors``/``.pth``/``.pt`` state dict file (loaded safely and checked
@@ -660,9 +786,10 @@ def build_network(
             alexnet and the ResNets (needs torchvision and its download cache), or None to keep
             the seeded random initialisation.
         num_classes: size of the classifier head of a built-in model; by default read from the
-            weights file, else 10 (fashion-vgg) or 1000 (the ImageNet models).
-        widths: channel widths of fashion-vgg's three blocks; by default read from the weights
-            file, else DEFAULT_FASHION_WIDTHS (16, 32, 64).
+            weights file, else 10 (fashion-vgg, fashion-vgg16) or 1000 (the ImageNet models).
+        widths: channel widths per block of fashion-vgg (three) or fashion-vgg16 (five); by
+            default read from the weights file, else DEFAULT_FASHION_WIDTHS (16, 32, 64) or
+            FASHION_VGG16_WIDTHS (16, 32, 64, 64, 64).
         seed: seed for the random initialisation (the global RNG state is left untouched).
         readout: the module whose input detectors read, instead of the model's default (the
             last linear layer's input; fc7 for vgg16 and alexnet).
@@ -676,8 +803,12 @@ def build_network(
     builtin = spec.lower()
     if builtin not in _BUILTIN and ":" not in spec:
         raise ConfigError(f"unknown model {spec!r}; {_spec_help()}")
-    if widths is not None and builtin != "fashion-vgg":
-        raise ConfigError(f"widths applies only to 'fashion-vgg', not to model {spec!r}")
+    if widths is not None and builtin not in FASHION_ARCHITECTURES:
+        raise ConfigError(
+            "widths applies only to "
+            + " and ".join(repr(name) for name in FASHION_ARCHITECTURES)
+            + f", not to model {spec!r}"
+        )
     if num_classes is not None and builtin not in _BUILTIN:
         raise ConfigError(
             f"num_classes applies only to built-in models, not to {spec!r}; build the head you "
@@ -685,8 +816,9 @@ def build_network(
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if builtin == "fashion-vgg":
-            network = _build_fashion(weights, num_classes, widths)
+        if builtin in FASHION_ARCHITECTURES:
+            arch = FASHION_ARCHITECTURES[builtin]
+            network = _build_fashion(arch, weights, num_classes, widths)
             return network if readout is None else replace(network, readout=readout)
         if builtin in IMAGENET_ARCHITECTURES:
             return _build_imagenet(IMAGENET_ARCHITECTURES[builtin], weights, num_classes, readout)
