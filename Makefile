@@ -39,6 +39,7 @@ bench: setup
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/recording.py
 	$(PY) benchmarks/architectures.py
+	$(PY) benchmarks/replication_time.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

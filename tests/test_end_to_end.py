@@ -11,7 +11,10 @@ import json
 import pandas as pd
 import pytest
 
+from bioattn.analysis.findings import CLAIMS
+from bioattn.analysis.sdt import choose_betas
 from bioattn.cli import main
+from bioattn.experiments.sweep import DEFAULT_METHODS
 from bioattn.models.train import load_default
 
 pytestmark = pytest.mark.slow
@@ -42,18 +45,35 @@ def test_quick_demo_writes_a_complete_results_folder(trained, tmp_path, capsys):
     orientation = pd.read_parquet(out / "orientation" / "orientation" / "performance.parquet")
     assert set(orientation["category"]) == {"0°", "80°"}
     assert (out / "cueing" / "cueing_summary.csv").stat().st_size > 0
-    for name in ("values.nc", "performance.parquet", "gains.csv", "summary.csv", "config.json"):
+    written = (
+        *("values.nc", "performance.parquet", "selection.parquet", "gains.csv", "summary.csv"),
+        *("effects.csv", "comparisons.csv", "findings.csv", "config.json"),
+    )
+    for name in written:
         assert (out / name).stat().st_size > 0, name
     for stem in ("performance_increase", "tp_fp_vs_beta", "dprime_criterion_vs_beta"):
         assert (out / "figures" / f"{stem}.png").stat().st_size > 0
         assert (out / "figures" / f"{stem}.svg").stat().st_size > 0
     table = pd.read_parquet(out / "performance.parquet")
     assert set(table["image_type"]) == {"merged", "array"}
-    assert set(table["method"]) == {"tuning", "gradient"}
+    assert set(table["method"]) == set(DEFAULT_METHODS)
     assert set(table["category"]) == {"Trouser", "Bag"}
     assert len(set(table["layer"])) == 7  # six layers and all-layers mode
     config = json.loads((out / "config.json").read_text())
     assert config["settings"]["sweep"]["betas"] == [0.0, 0.5, 2.0]
+    # every β on the selection images; on the test images only β = 0 and the chosen β
+    selection = pd.read_parquet(out / "selection.parquet")
+    assert sorted(selection["beta"].unique()) == [0.0, 0.5, 2.0]
+    keys = ["image_type", "category", "layer", "method"]
+    assert (table.groupby(keys)["beta"].nunique() <= 2).all()
+    gains = pd.read_csv(out / "gains.csv")
+    chosen = choose_betas(selection)
+    for row in gains.itertuples():
+        assert row.best_beta == chosen[(row.image_type, row.category, row.layer, row.method)]
+    findings = pd.read_csv(out / "findings.csv")
+    assert list(findings["finding"].astype(str)) == list(CLAIMS)
+    assert set(findings["verdict"]) <= {"holds", "does not hold", "mixed", "not run"}
+    assert "findings of Lindsay & Miller" in printed
 
     # the sweep command reuses the values file and writes the same kind of folder
     again = tmp_path / "sweep"

@@ -29,7 +29,7 @@ from bioattn.experiments.shards import (
     sweep_fingerprint,
     write_manifest,
 )
-from bioattn.experiments.sweep import SweepConfig, run_sweep
+from bioattn.experiments.sweep import DEFAULT_METHODS, SweepConfig, run_sweep
 from tests.conftest import make_image_set, write_pattern_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,7 +229,7 @@ def test_vgg16_end_to_end_at_small_size(base):
     table = result["table"]
     assert set(table["layer"]) == {"conv1_1", "conv5_3"}
     assert set(table["category"]) == {"bars", "blobs", "dots"}
-    assert len(table) == 3 * 2 * 2 * 3  # categories × layers × methods × β
+    assert len(table) == 3 * 2 * len(DEFAULT_METHODS) * 3  # categories × layers × methods × β
     run = base / "vgg"
     assert (run / "detectors.safetensors").exists() and (run / "values.nc").exists()
     assert (run / "figures" / "performance_increase.png").stat().st_size > 0
@@ -246,7 +246,7 @@ def test_resnet18_with_batch_norm_and_layer_numbers_end_to_end(base):
     path.write_text(text)
     table = run_configured_sweep(load_config(path), progress=False)["table"]
     assert set(table["layer"]) == {"layer1.0.relu:1", "layer4.1.relu:1"}
-    assert len(table) == 3 * 2 * 2 * 3  # categories × layers × methods × β
+    assert len(table) == 3 * 2 * len(DEFAULT_METHODS) * 3  # categories × layers × methods × β
 
 
 def test_cli_sweep_with_a_config_flags_override_and_collect(base, capsys):

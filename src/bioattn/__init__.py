@@ -48,6 +48,8 @@ _API = {
     "Modulation": "bioattn.attention.gains",
     "make_task_set": "bioattn.data.tasks",
     "build_network": "bioattn.models.zoo",
+    "run_replication": "bioattn.experiments.replication",
+    "run_replicate": "bioattn.experiments.replication",
 }
 
 __all__ = [
@@ -73,6 +75,8 @@ __all__ = [
     "parse_rule",
     "prepare",
     "run",
+    "run_replicate",
+    "run_replication",
     "run_sweep",
 ]
 
@@ -84,6 +88,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
     from bioattn.experiments.evaluate import Probe, make_evaluator
     from bioattn.experiments.grid import Arm, Condition, Grid, LayerSetting, layer_settings
     from bioattn.experiments.prepare import Experiment, prepare
+    from bioattn.experiments.replication import run_replicate, run_replication
     from bioattn.experiments.run import PerformanceSink, run
     from bioattn.experiments.sweep import SweepConfig, run_sweep
     from bioattn.models.zoo import build_network

@@ -144,21 +144,32 @@ def _method_legend(ax: Any, colors: dict[str, str], extra: Sequence[Line2D] = ()
 
 
 def plot_performance_increase(summary: pd.DataFrame, out_stem: str | Path) -> list[Path]:
-    """Plot the best performance increase (mean ± SEM across categories) by layer.
+    """Plot the performance increase by layer, with error bars.
 
-    ``summary`` is the output of :func:`~bioattn.analysis.sdt.layer_summary` (a gains table from
-    :func:`~bioattn.analysis.sdt.performance_gains` is summarised first). One panel per
-    image_type, x = attended layer in network order, one line with error bars per method; the
-    all-layers condition (layer "all", β/10 at every layer) is a separate point at the far right.
-    Writes ``<out_stem>.png`` and ``.svg`` and returns their paths.
+    ``summary`` is the output of :func:`~bioattn.analysis.sdt.layer_summary` (mean ± SEM across
+    categories; a gains table from :func:`~bioattn.analysis.sdt.performance_gains` is summarised
+    first) or of :func:`~bioattn.analysis.findings.effects` (mean with its 95 % interval over
+    networks and categories, drawn when the columns ``ci_low_pp``/``ci_high_pp`` are there).
+    One panel per image_type, x = attended layer in network order, one line with error bars per
+    method; the all-layers condition (layer "all", β/10 at every layer) is a separate point at
+    the far right. Writes ``<out_stem>.png`` and ``.svg`` and returns their paths.
     """
     if "mean_delta_pp" not in summary.columns and "delta_pp" in summary.columns:
         summary = layer_summary(summary)
+    with_ci = {"ci_low_pp", "ci_high_pp"} <= set(summary.columns)
     _require(
         summary,
-        ["image_type", "layer", "method", "mean_delta_pp", "sem_delta_pp"],
+        ["image_type", "layer", "method", "mean_delta_pp"] + ([] if with_ci else ["sem_delta_pp"]),
         "plot_performance_increase",
     )
+
+    def error_bars(rows: pd.DataFrame) -> Any:
+        if not with_ci:
+            return rows["sem_delta_pp"]
+        mean = rows["mean_delta_pp"].to_numpy(float)
+        low, high = rows["ci_low_pp"].to_numpy(float), rows["ci_high_pp"].to_numpy(float)
+        return np.vstack([mean - low, high - mean])
+
     layers = _layer_order(summary)
     has_all = bool((summary["layer"].astype(str) == _ALL_LAYER).any())
     x_of = {layer: float(i) for i, layer in enumerate(layers)}
@@ -182,7 +193,7 @@ def plot_performance_increase(summary: pd.DataFrame, out_stem: str | Path) -> li
             ax.errorbar(
                 single["_x"] + offset,
                 single["mean_delta_pp"],
-                yerr=single["sem_delta_pp"],
+                yerr=error_bars(single),
                 color=color,
                 marker="o",
                 markersize=4,
@@ -195,7 +206,7 @@ def plot_performance_increase(summary: pd.DataFrame, out_stem: str | Path) -> li
                 ax.errorbar(
                     np.full(len(every), x_all + offset),
                     every["mean_delta_pp"],
-                    yerr=every["sem_delta_pp"],
+                    yerr=error_bars(every),
                     color=color,
                     marker="s",
                     markersize=5,
@@ -216,10 +227,19 @@ def plot_performance_increase(summary: pd.DataFrame, out_stem: str | Path) -> li
         ax.set_xlabel("attended layer")
     axes[0].set_ylabel("performance increase (percentage points)")
     _method_legend(axes[-1], colors)
-    fig.suptitle(
-        f"{_task_label(summary)}best performance increase with attention "
-        "(mean ± SEM across categories)"
-    )
+    if not with_ci:
+        what = "best performance increase with attention (mean ± SEM across categories)"
+    elif "n_networks" in summary and int(summary["n_networks"].max()) > 1:
+        what = (
+            f"performance increase at the β chosen on selection images (mean, 95 % interval "
+            f"over {int(summary['n_networks'].max())} networks × categories)"
+        )
+    else:
+        what = (
+            "performance increase at the β chosen on selection images "
+            "(mean, 95 % interval over categories)"
+        )
+    fig.suptitle(f"{_task_label(summary)}{what}")
     return save_figure(fig, out_stem)
 
 

@@ -28,6 +28,8 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 
 #: Tables shown when present, with the number of rows shown at most.
 _TABLES = (
+    ("findings.csv", "Findings: verdicts computed from this run", 20),
+    ("effects.csv", "Performance increase by layer (95 % intervals)", 200),
     ("summary.csv", "Summary: performance increase by layer", 200),
     ("gains.csv", "Best β and gain per category", 60),
 )

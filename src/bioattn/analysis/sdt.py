@@ -10,7 +10,9 @@ Conventions (DESIGN.md §1 "Evaluation"):
   A positive criterion means a conservative detector (few "present" answers).
 - The gain of attention for one (category, layer, method) is the best performance over the β
   values tried (β = 0 included, so the gain is never negative) minus the performance at β = 0,
-  in percentage points.
+  in percentage points (:func:`performance_gains`). Measured on the images β was chosen on,
+  that maximum is biased upwards by noise. :func:`held_out_gains` chooses β on selection
+  images and measures the gain on test images: unbiased, and negative when the chosen β hurts.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ __all__ = [
     "GAIN_KEYS",
     "SUMMARY_KEYS",
     "AnalysisError",
+    "choose_betas",
     "clip_rate",
     "detection_metrics",
     "detection_metrics_batch",
     "dprime_criterion",
     "format_summary",
+    "held_out_gains",
     "layer_summary",
     "performance_gains",
     "sort_layers",
@@ -296,6 +300,72 @@ def performance_gains(table: pd.DataFrame) -> pd.DataFrame:
     return out[[*keys, *GAIN_COLUMNS]].reset_index(drop=True)
 
 
+def choose_betas(selection_table: pd.DataFrame) -> dict[tuple[str, str, str, str], float]:
+    """The best β per (image type, category, layer, method) of a selection sweep.
+
+    The choice is :func:`performance_gains`'s (highest performance; ties to the smallest |β|).
+    """
+    gains = performance_gains(selection_table)
+    return {
+        (row.image_type, row.category, row.layer, row.method): float(row.best_beta)
+        for row in gains.itertuples()
+    }
+
+
+def held_out_gains(selection_table: pd.DataFrame, test_table: pd.DataFrame) -> pd.DataFrame:
+    """Gains with β chosen on selection images and measured on test images.
+
+    For each group (as in :func:`performance_gains`) the β with the best performance on the
+    selection images (``selection_table``, e.g. training-split task sets) is looked up in
+    ``test_table`` (which needs the β = 0 row and that β's row; other rows are ignored).
+    Returns :func:`performance_gains`'s columns, with ``best_beta`` the chosen β,
+    ``best_performance`` the test performance at it and ``delta_pp`` = 100·(test performance at
+    the chosen β − test performance at β = 0), which can be negative; plus
+    ``selection_delta_pp``, the (biased) gain on the selection images themselves.
+
+    Raises :class:`AnalysisError` naming the group when the test table lacks its baseline or
+    its chosen β.
+    """
+    selection = performance_gains(selection_table)
+    keys = [k for k in GAIN_KEYS if k in selection.columns and k in test_table.columns]
+    _require_columns(test_table, [*keys, "beta", "performance"], "held_out_gains")
+    test = test_table.copy()
+    if "dprime" not in test.columns or "criterion" not in test.columns:
+        _require_columns(test, ["tp", "fp"], "held_out_gains (to compute d′ and criterion)")
+        test["dprime"], test["criterion"] = dprime_criterion(
+            test["tp"].to_numpy(float), test["fp"].to_numpy(float)
+        )
+    test["beta"] = test["beta"].astype(float)
+    test = test.drop_duplicates([*keys, "beta"])
+    measured = ["performance", "dprime", "criterion"]
+    chosen = selection[[*keys, "best_beta", "n_betas", "delta_pp"]].rename(
+        columns={"delta_pp": "selection_delta_pp"}
+    )
+    at_zero = test.loc[test["beta"] == 0.0, [*keys, *measured]].rename(
+        columns={"performance": "baseline", "dprime": "baseline_dprime",
+                 "criterion": "baseline_criterion"}
+    )  # fmt: skip
+    at_best = test[[*keys, "beta", *measured]].rename(
+        columns={"beta": "best_beta", "performance": "best_performance",
+                 "dprime": "best_dprime", "criterion": "best_criterion"}
+    )  # fmt: skip
+    out = chosen.merge(at_zero, on=keys, how="left").merge(
+        at_best, on=[*keys, "best_beta"], how="left"
+    )
+    lacking = out["baseline"].isna() | out["best_performance"].isna()
+    if lacking.any():
+        row = out.loc[lacking].iloc[0]
+        raise AnalysisError(
+            f"the test table has no row for group ({_describe_group(keys, tuple(row[keys]))}) "
+            f"at beta=0 or at the chosen beta={row['best_beta']:g}; evaluate the test images "
+            "at the β values chosen on the selection images"
+        )
+    out["delta_pp"] = 100.0 * (out["best_performance"] - out["baseline"])
+    out["delta_dprime"] = out["best_dprime"] - out["baseline_dprime"]
+    out["delta_criterion"] = out["best_criterion"] - out["baseline_criterion"]
+    return out[[*keys, *GAIN_COLUMNS, "selection_delta_pp"]].reset_index(drop=True)
+
+
 def _sem(values: pd.Series) -> float:
     n = int(values.count())
     if n <= 1:
@@ -355,11 +425,17 @@ def sort_layers(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_summary(summary: pd.DataFrame) -> str:
-    """A text table: mean ± SEM performance increase (pp) per layer, by image type and method."""
+    """A text table of the performance increase (pp) per layer, by image type and method:
+    mean ± SEM (a :func:`layer_summary`), or mean [95 % interval] (an effects table with
+    ``ci_low_pp``/``ci_high_pp``, :func:`bioattn.analysis.findings.effects`)."""
+    mean = summary["mean_delta_pp"].map("{:.1f}".format)
+    if {"ci_low_pp", "ci_high_pp"} <= set(summary.columns):
+        low, high = (summary[c].map("{:.1f}".format) for c in ("ci_low_pp", "ci_high_pp"))
+        cell = mean + " [" + low + ", " + high + "]"
+    else:
+        cell = mean + " ± " + summary["sem_delta_pp"].map("{:.1f}".format)
     cells = summary.assign(
-        cell=summary["mean_delta_pp"].map("{:.1f}".format)
-        + " ± "
-        + summary["sem_delta_pp"].map("{:.1f}".format),
+        cell=cell,
         # all-layers mode (layer_number 0) goes last
         order=summary["layer_number"].where(summary["layer_number"] > 0, 10_000),
     )

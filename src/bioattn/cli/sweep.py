@@ -1,5 +1,5 @@
-"""``bioattn sweep``, ``collect``, ``report``, ``plot`` and ``demo``: attention sweeps and their
-results folders."""
+"""``bioattn sweep``, ``collect``, ``report``, ``plot``, ``demo`` and ``replicate``: attention
+sweeps and their results folders."""
 
 from __future__ import annotations
 
@@ -19,12 +19,20 @@ from bioattn.cli.common import (
     sweep_options,
     sweep_section,
 )
+from bioattn.errors import ConfigError
 
-#: Why ``demo`` runs only the trained default network.
+#: Why ``demo`` runs only a trained embedded network.
 DEMO_DEFAULT_ONLY = (
-    "`bioattn demo` is the replication on the trained default network (fashion-vgg on "
-    "Fashion-MNIST, default device and precision), which run_replication loads itself; run "
-    "`bioattn sweep`, `cueing` and `orientation` with these options instead"
+    "`bioattn demo` is the replication on a trained embedded network (fashion-vgg, the "
+    "default, or fashion-vgg16, on Fashion-MNIST, default device and precision), which "
+    "run_replication loads itself; run `bioattn sweep`, `cueing` and `orientation` with these "
+    "options instead"
+)
+#: Why ``replicate`` trains only the embedded networks.
+REPLICATE_DEFAULT_ONLY = (
+    "`bioattn replicate` trains its networks itself (fashion-vgg, the default, or "
+    "fashion-vgg16 on Fashion-MNIST, one per training seed); another model has no training "
+    "recipe here"
 )
 #: ``demo --quick``: a smoke-test sweep (categories only where none were asked for).
 QUICK_CATEGORIES = ("Trouser", "Bag")
@@ -98,20 +106,31 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole replication on the trained default network (Fashion-MNIST)."""
+def _replication_settings(args: argparse.Namespace, why: str) -> tuple[Any, Any, Any]:
+    """(config, sweep, training settings) of ``demo`` and ``replicate``: an embedded network,
+    the sweep flags, ``--quick``'s small sweep."""
     from dataclasses import replace
 
-    from bioattn.analysis.sdt import format_summary
-    from bioattn.experiments.replication import run_replication
     from bioattn.models.train import TrainSettings
+    from bioattn.models.zoo import FASHION_ARCHITECTURES
 
     config = experiment_config(args, sweep=sweep_section(args))
-    require_default(config, DEMO_DEFAULT_ONLY)
+    require_default(config, why, specs=tuple(FASHION_ARCHITECTURES))
     sweep = config.sweep
     if args.quick:
         sweep = replace(sweep, categories=sweep.categories or QUICK_CATEGORIES, **QUICK_SWEEP)
-    settings = TrainSettings(**given(seed=config.model.seed, epochs=args.epochs))
+    settings = TrainSettings(
+        architecture=config.model.spec, **given(seed=config.model.seed, epochs=args.epochs)
+    )
+    return config, sweep, settings
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole replication on a trained embedded network (Fashion-MNIST)."""
+    from bioattn.analysis.sdt import format_summary
+    from bioattn.experiments.replication import run_replication
+
+    config, sweep, settings = _replication_settings(args, DEMO_DEFAULT_ONLY)
     data_dir = config.data.path or None
     started = time.perf_counter()
     result = run_replication(args.out, sweep, settings, data_dir)
@@ -121,18 +140,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
     accuracies = metrics["detector_balanced_accuracy"].values()
     print()
     print(
-        f"default network: test accuracy {metrics['test_accuracy']:.4f}; detector balanced "
-        f"accuracy {min(accuracies):.3f}–{max(accuracies):.3f}"
+        f"{settings.architecture}: test accuracy {metrics['test_accuracy']:.4f}; detector "
+        f"balanced accuracy {min(accuracies):.3f}–{max(accuracies):.3f}"
     )
     print(
-        "performance increase from attention, percentage points (mean ± SEM across "
-        "categories; best β per category):"
+        "performance increase from attention on the test images, percentage points (mean ± "
+        "SEM across categories; β chosen per category on selection images):"
     )
     print(format_summary(result["summary"]))
+    _print_verdicts(result["verdicts"], Path(args.out))
     print(
         f"\nresults in {args.out} (figures in {Path(args.out) / 'figures'}); "
         f"took {time.perf_counter() - started:.0f} s"
     )
+    return 0
+
+
+def _print_verdicts(verdicts: Any, out: Path) -> None:
+    from bioattn.analysis.findings import format_findings
+
+    print("\nfindings of Lindsay & Miller (2018), verdicts computed from this run:")
+    print(format_findings(verdicts))
+    print(f"(each comparison with its numbers: {out / 'comparisons.csv'})")
+
+
+def cmd_replicate(args: argparse.Namespace) -> int:
+    """The replication on several trained embedded networks, with intervals over networks."""
+    from bioattn.analysis.sdt import format_summary
+    from bioattn.experiments.replication import run_replicate
+
+    if args.networks < 1:
+        raise ConfigError(f"--networks must be at least 1, got {args.networks}")
+    config, sweep, settings = _replication_settings(args, REPLICATE_DEFAULT_ONLY)
+    if config.model.seed != 0:
+        raise ConfigError(
+            f"replicate trains one network per seed from --first-seed; a model seed "
+            f"({config.model.seed}) does not apply, give --first-seed {config.model.seed}"
+        )
+    seeds = range(args.first_seed, args.first_seed + args.networks)
+    started = time.perf_counter()
+    result = run_replicate(args.out, seeds, sweep, settings, config.data.path or None)
+    accuracies = [m["test_accuracy"] for m in result["metrics"].values()]
+    print(
+        f"\n{len(accuracies)} {settings.architecture} networks (training seeds {seeds.start}–"
+        f"{seeds.stop - 1}): test accuracy {min(accuracies):.4f}–{max(accuracies):.4f}"
+    )
+    print(
+        "performance increase on the test images, percentage points (mean [95 % interval over "
+        "networks × categories]; β chosen on selection images):"
+    )
+    print(format_summary(result["effects"]))
+    _print_verdicts(result["verdicts"], Path(args.out))
+    print(f"\nresults in {args.out}; took {time.perf_counter() - started:.0f} s")
     return 0
 
 
@@ -158,7 +217,7 @@ def _demo_extras(settings: Any, data_dir: str | None, out: Path, quick: bool) ->
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``sweep``, ``collect``, ``report``, ``plot`` and ``demo``."""
+    """Add ``sweep``, ``collect``, ``report``, ``plot``, ``demo`` and ``replicate``."""
     from bioattn.experiments.config import EXECUTORS, RunSection
 
     def run_default(name: str) -> str:
@@ -223,3 +282,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and OUT/cueing)",
     )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "replicate",
+        help="the replication on several trained networks: effects with 95 % intervals over "
+        "networks and categories, and the findings' verdicts",
+    )
+    add_model_options(p, note=f"Only the defaults: {REPLICATE_DEFAULT_ONLY}.")
+    add_epochs(p)
+    sweep_options(p)
+    p.add_argument(
+        "--networks",
+        type=int,
+        default=5,
+        help="networks to train and test, training seeds FIRST_SEED … (default 5)",
+    )
+    p.add_argument("--first-seed", type=int, default=0, help="first training seed (default 0)")
+    p.add_argument("--out", type=Path, default=Path("runs/replicate"), help="results folder")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small version (2 categories, 3 β values, 20+20 images) for a smoke test",
+    )
+    p.set_defaults(func=cmd_replicate)

@@ -49,10 +49,12 @@ _NON_TARGETS_NEEDED: dict[str, int] = {"standard": 1, "merged": 2, "array": 4, "
 
 
 #: Streams of :func:`task_seed`: test sets, gradient-value sets, noise gradient sets,
-#: reference images of recordings and per-image spatial cues each draw their own images.
+#: selection sets (training-split images on which β and layers are chosen), reference images of
+#: recordings and per-image spatial cues each draw their own images.
 TEST_STREAM = 0
 GRADIENT_STREAM = 10_000
 NOISE_GRADIENT_STREAM = 20_000
+SELECTION_STREAM = 30_000
 REFERENCE_STREAM = 500_009
 
 

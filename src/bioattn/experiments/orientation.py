@@ -202,6 +202,7 @@ class OrientationConfig:
     spec: GratingSpec = GratingSpec()
     orientations: tuple[str, ...] | None = None
     betas: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+    methods: tuple[str, ...] = ("tuning", "gradient")  # of the feature sweep
     spatial_betas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
     spatial_layer: str | None = None  # None: the last attendable layer
     n_pos: int = 50
@@ -244,6 +245,7 @@ def run_orientation(
         image_types=("gratings",),
         categories=config.orientations,
         betas=config.betas,
+        methods=config.methods,
         n_pos=config.n_pos,
         n_neg=config.n_neg,
         seed=config.seed,

@@ -138,6 +138,8 @@ class PerformanceSink:
             self.rows.append({**common, "beta": 0.0, **self._baseline})
             for i in indices:
                 beta = conditions[i].beta
+                if beta == 0.0:  # a chosen β of 0: the baseline row above is its row
+                    continue
                 if i in outputs.failed:
                     self.failures.append({**common, "beta": beta, "error": outputs.failed[i]})
                     continue

@@ -22,14 +22,22 @@ from bioattn.analysis.figures import (
     plot_performance_increase,
     plot_rates_vs_beta,
 )
-from bioattn.analysis.sdt import layer_summary, performance_gains
+from bioattn.analysis.sdt import held_out_gains, layer_summary, performance_gains
 from bioattn.cache import atomic_path, atomic_write_bytes
 from bioattn.errors import DataError
 
 #: Version of the ``config.json`` layout.
 CONFIG_SCHEMA = 1
 
-__all__ = ["CONFIG_SCHEMA", "environment_info", "plot_run", "write_run_config", "write_tables"]
+__all__ = [
+    "CONFIG_SCHEMA",
+    "environment_info",
+    "gains_of",
+    "plot_run",
+    "write_csv",
+    "write_run_config",
+    "write_tables",
+]
 
 
 def environment_info() -> dict[str, str]:
@@ -73,22 +81,51 @@ def write_run_config(
     return path
 
 
-def write_tables(table: pd.DataFrame, out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write the performance table, per-category gains and layer summary; return the last two."""
+def write_tables(
+    table: pd.DataFrame, out_dir: Path, selection: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write the performance table, per-category gains and layer summary; return the last two.
+
+    With ``selection`` (a sweep of the same conditions on selection images, written as
+    ``selection.parquet``) the gains are held out: β chosen on the selection images, Δ
+    measured on ``table``'s test images (:func:`~bioattn.analysis.sdt.held_out_gains`); without
+    it, the best β over ``table`` itself (:func:`~bioattn.analysis.sdt.performance_gains`).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "performance.parquet") as tmp:
         table.to_parquet(tmp, index=False)
-    gains = performance_gains(table)
+    if selection is not None:
+        with atomic_path(out_dir / "selection.parquet") as tmp:
+            selection.to_parquet(tmp, index=False)
+    gains = gains_of(table, selection)
     summary = layer_summary(gains)
-    for frame, name in ((gains, "gains.csv"), (summary, "summary.csv")):
-        with atomic_path(out_dir / name) as tmp:
-            frame.to_csv(tmp, index=False)
+    write_csv(gains, out_dir / "gains.csv")
+    write_csv(summary, out_dir / "summary.csv")
     return gains, summary
 
 
+def gains_of(table: pd.DataFrame, selection: pd.DataFrame | None) -> pd.DataFrame:
+    """Held-out gains when there is a selection table, else the best β over ``table``."""
+    if selection is None:
+        return performance_gains(table)
+    return held_out_gains(selection, table)
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """Write one table as CSV atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return path
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """(Re)draw every figure of a results folder from its performance table."""
+    """(Re)draw every figure of a results folder from its performance table.
+
+    A folder with ``selection.parquet`` (a replication) shows held-out gains with their
+    intervals (``effects.csv`` when present) and draws the β curves from the selection images,
+    where every β was evaluated.
+    """
     run_dir = Path(run_dir)
     table_path = run_dir / "performance.parquet"
     if not table_path.exists():
@@ -97,9 +134,16 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             "`bioattn sweep` or `bioattn demo`"
         )
     table = pd.read_parquet(table_path)
-    summary = layer_summary(performance_gains(table))
+    selection_path = run_dir / "selection.parquet"
+    selection = pd.read_parquet(selection_path) if selection_path.exists() else None
+    effects_path = run_dir / "effects.csv"
+    if effects_path.exists():
+        summary = pd.read_csv(effects_path)
+    else:
+        summary = layer_summary(gains_of(table, selection))
+    curves = table if selection is None else selection
     figures = run_dir / "figures"
     paths = plot_performance_increase(summary, figures / "performance_increase")
-    paths += plot_rates_vs_beta(table, figures / "tp_fp_vs_beta")
-    paths += plot_dprime_criterion_vs_beta(table, figures / "dprime_criterion_vs_beta")
+    paths += plot_rates_vs_beta(curves, figures / "tp_fp_vs_beta")
+    paths += plot_dprime_criterion_vs_beta(curves, figures / "dprime_criterion_vs_beta")
     return paths

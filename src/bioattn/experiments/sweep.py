@@ -15,7 +15,7 @@ do). With ``all_layers`` the rule is applied at every layer at once with strengt
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import pandas as pd
@@ -24,19 +24,35 @@ import xarray as xr
 from bioattn.attention.rules import GainRule, ValueSource, parse_rules
 from bioattn.attention.values import check_values_match
 from bioattn.data.imageset import ImageSet, resolve_categories
-from bioattn.data.tasks import BUILT_IMAGE_TYPES, IMAGE_TYPES, TaskSet, make_task_set
+from bioattn.data.tasks import (
+    BUILT_IMAGE_TYPES,
+    IMAGE_TYPES,
+    SELECTION_STREAM,
+    TEST_STREAM,
+    TaskSet,
+    make_task_set,
+)
 from bioattn.errors import ConfigError, DataError
 from bioattn.experiments.engine import SweepEngine
 from bioattn.experiments.evaluate import Evaluator, make_evaluator
-from bioattn.experiments.grid import ALL_LAYERS, Grid, layer_settings, task_seed
+from bioattn.experiments.grid import (
+    ALL_LAYERS,
+    Condition,
+    Grid,
+    LayerSetting,
+    layer_settings,
+    task_seed,
+)
 from bioattn.experiments.run import PERFORMANCE_COLUMNS, PerformanceSink, run
 from bioattn.models.detectors import Detectors
 from bioattn.models.network import LayerInfo, Network
 
 #: Default attention strengths. Tuning values are z-scores (|v| up to √(K−1) = 3 for ten
-#: categories) and gradient values lie in [−1, 1]; this grid spans both from gentle to strong.
-DEFAULT_BETAS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
-DEFAULT_METHODS = ("tuning", "gradient")
+#: categories) and gradient values lie in [−1, 1]; this grid spans both from gentle to strong,
+#: finest in 0–1, where the best β of the default network lie.
+DEFAULT_BETAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 4.0)
+#: Default methods: tuning and gradient values, and the shuffled-values control of each.
+DEFAULT_METHODS = ("tuning", "gradient", "shuffled-tuning", "shuffled-gradient")
 
 __all__ = [
     "ALL_LAYERS",
@@ -45,6 +61,7 @@ __all__ = [
     "PERFORMANCE_COLUMNS",
     "ResolvedSweep",
     "SweepConfig",
+    "build_selection_sets",
     "build_test_sets",
     "resolve_sweep",
     "run_sweep",
@@ -191,6 +208,29 @@ def build_test_sets(
         raise DataError(
             "test task sets must not be built from training images; pass the test split"
         )
+    return _task_sets(source, categories, config, TEST_STREAM)
+
+
+def build_selection_sets(
+    source: ImageSet, categories: Sequence[str], config: SweepConfig
+) -> dict[tuple[str, str], TaskSet]:
+    """Selection task sets per (image type, category): training-split images on which β and
+    layers are chosen, so that no test image takes part in a choice.
+
+    Built like :func:`build_test_sets` (same sizes) from their own seed stream
+    (:data:`~bioattn.data.tasks.SELECTION_STREAM`, distinct from the gradient values' images).
+    """
+    if source.split != "train":
+        raise DataError(
+            f"selection task sets come from the training split, got split {source.split!r}; "
+            "test images must never be used to choose β or layers"
+        )
+    return _task_sets(source, categories, config, SELECTION_STREAM)
+
+
+def _task_sets(
+    source: ImageSet, categories: Sequence[str], config: SweepConfig, stream: int
+) -> dict[tuple[str, str], TaskSet]:
     return {
         (image_type, category): make_task_set(
             source,
@@ -198,7 +238,7 @@ def build_test_sets(
             image_type,
             n_pos=config.n_pos,
             n_neg=config.n_neg,
-            seed=task_seed(config.seed, source.category_index(category)),
+            seed=task_seed(config.seed, source.category_index(category), stream),
             snr=config.snr,
         )
         for image_type in config.image_types
@@ -216,6 +256,7 @@ def run_sweep(
     engine: str | SweepEngine | Evaluator = "batched",
     tasks: Mapping[tuple[str, str], TaskSet] | None = None,
     every: Sequence[LayerInfo] | None = None,
+    chosen_betas: Mapping[tuple[str, str, str, str], float] | None = None,
 ) -> pd.DataFrame:
     """Run the sweep and return the long-form performance table (see ``PERFORMANCE_COLUMNS``).
 
@@ -234,6 +275,10 @@ def run_sweep(
     ``every`` gives the layers of the all-layers setting (default: every layer).
     Conditions an evaluator could not compute (an SSN that diverged) leave their rows out and
     are listed in ``table.attrs["failures"]``.
+
+    ``chosen_betas`` maps (image type, category, layer, method) to the one β to evaluate there
+    (chosen on other images, see :func:`bioattn.analysis.sdt.choose_betas`); the table then
+    holds the β = 0 row and the chosen β's row of each (layer, method), and nothing else.
     """
     resolved = resolve_sweep(config, network, detectors, values, tasks)
     for note in resolved.notes:
@@ -266,5 +311,33 @@ def run_sweep(
         ValueSource(values, config.shuffle_seed),
         progress=progress,
         desc=f"sweep ({config.task})",
+        conditions_for=None if chosen_betas is None else _chosen(grid, chosen_betas),
     )
     return sink.table()
+
+
+def _chosen(
+    grid: Grid, chosen_betas: Mapping[tuple[str, str, str, str], float]
+) -> Callable[[object, TaskSet, LayerSetting], list[Condition]]:
+    """The conditions of one (task, setting): each arm at its chosen β."""
+    allowed = set(grid.betas)
+
+    def conditions(key: object, task: TaskSet, setting: LayerSetting) -> list[Condition]:
+        out = []
+        for arm in grid.arms:
+            where = (task.image_type, task.target_name, setting.name, arm.label)
+            if where not in chosen_betas:
+                raise ConfigError(
+                    f"no chosen β for (image type, category, layer, method) = {where}; "
+                    "choose β on selection images for every condition of the sweep first"
+                )
+            beta = float(chosen_betas[where])
+            if beta not in allowed:
+                raise ConfigError(
+                    f"chosen β = {beta:g} for {where} is not in the sweep's β grid "
+                    f"{list(grid.betas)}"
+                )
+            out.append(Condition(setting, arm, beta))
+        return out
+
+    return conditions
