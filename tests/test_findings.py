@@ -243,7 +243,9 @@ def test_verdicts_do_not_hold_on_the_opposite_data():
             5.0 * depth + (4.0 if method == "tuning" and i < 2 else 0.0) - (15.0 if i == 4 else 0.0)
         )
 
-    found = verdicts(comparisons(_gains(opposite), n_boot=2000)).set_index("finding")["verdict"]
+    table = verdicts(comparisons(_gains(opposite), n_boot=2000)).set_index("finding")
+    found = table["verdict"]
+    assert table.loc["1", "contradicting"] == 2  # tuning ahead at both early layers
     assert found["1"] == "does not hold"
     assert found["2"] == "does not hold"
     assert found["3"] == "does not hold"
@@ -253,6 +255,9 @@ def test_verdicts_do_not_hold_on_the_opposite_data():
 def test_pure_noise_gives_no_supported_comparison():
     table = comparisons(_gains(lambda m, i: 3.0, seed=4), n_boot=2000)
     assert (table.loc[table["finding"].isin(["1", "2", "control"]), "outcome"] != "supports").all()
+    found = verdicts(table).set_index("finding")
+    assert found.loc["1", "verdict"] == "does not hold"  # not reproduced …
+    assert found.loc["1", "contradicting"] == 0  # … and not contradicted either
 
 
 def test_effects_and_method_tests_have_one_row_per_setting():

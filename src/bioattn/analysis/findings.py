@@ -11,7 +11,9 @@ are reported beside them. For finding 3 the tests are of the difference minus it
 A comparison **supports** its finding when the 95 % interval lies on the finding's side,
 **contradicts** it when the interval lies on the other side, and is **inconclusive** otherwise.
 A finding **holds** when every comparison measured for it supports it, **does not hold** when
-none does, and is **mixed** otherwise; **not run** when the run measured nothing for it.
+none does (it is not reproduced; ``contradicting`` counts the comparisons that show the
+opposite, the others were inconclusive), and is **mixed** otherwise; **not run** when the run
+measured nothing for it.
 
 The comparisons (layers ordered by depth; "early" and "late" are the first and last
 ⌊n/2⌋ single layers; every comparison is made per image type):
@@ -296,9 +298,10 @@ def verdicts(table: pd.DataFrame) -> pd.DataFrame:
         if measured.empty:
             evidence = _NOT_RUN.get(finding, "not run")
             rows.append({"finding": finding, "claim": claim, "verdict": "not run",
-                         "supporting": "", "evidence": evidence})  # fmt: skip
+                         "supporting": "", "contradicting": 0, "evidence": evidence})  # fmt: skip
             continue
         support = int((measured["outcome"] == "supports").sum())
+        against = int((measured["outcome"] == "contradicts").sum())
         total = len(measured)
         verdict = "holds" if support == total else "does not hold" if support == 0 else "mixed"
         evidence = "; ".join(
@@ -307,8 +310,10 @@ def verdicts(table: pd.DataFrame) -> pd.DataFrame:
             for r in measured.itertuples()
         )
         rows.append({"finding": finding, "claim": claim, "verdict": verdict,
-                     "supporting": f"{support} of {total}", "evidence": evidence})  # fmt: skip
-    return pd.DataFrame(rows, columns=["finding", "claim", "verdict", "supporting", "evidence"])
+                     "supporting": f"{support} of {total}", "contradicting": against,
+                     "evidence": evidence})  # fmt: skip
+    columns = ["finding", "claim", "verdict", "supporting", "contradicting", "evidence"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def method_tests(
@@ -342,6 +347,8 @@ def format_findings(verdict_table: pd.DataFrame) -> str:
     """The verdicts as text, one finding per line with its tally."""
     lines = []
     for row in verdict_table.itertuples():
-        tally = f" ({row.supporting} comparisons support it)" if row.supporting else ""
+        tally = ""
+        if row.supporting:
+            tally = f" ({row.supporting} comparisons support it, {row.contradicting} contradict)"
         lines.append(f"{row.finding:>7}. {row.verdict.upper():<13} {row.claim}{tally}")
     return "\n".join(lines)
