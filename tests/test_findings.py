@@ -80,6 +80,34 @@ def test_network_variability_widens_the_interval():
     assert (wide.ci_high - wide.ci_low) > 2 * (narrow.ci_high - narrow.ci_low)
 
 
+def test_few_networks_give_a_stable_interval():
+    """With three networks the expansion by the networks' count is beyond any bootstrap;
+    the interval then uses the categories' count and does not grow with the replicates."""
+    rng = np.random.default_rng(5)
+    matrix = rng.normal(2.0, 1.0, size=(3, 10))
+    small, large = estimate(matrix, 2000, seed=1), estimate(matrix, 50_000, seed=1)
+    assert small.ci_low == pytest.approx(large.ci_low, abs=0.15)
+    assert small.ci_high == pytest.approx(large.ci_high, abs=0.15)
+    assert small.ci_low > matrix.min() and small.ci_high < matrix.max()
+
+
+def test_two_units_give_their_range_not_an_impossible_replicate_count():
+    found = estimate(np.array([[1.0, 3.0]]), n_boot=1000)
+    assert (found.ci_low, found.ci_high) == (1.0, 3.0)
+
+
+def test_one_category_or_one_unit_gives_no_verdict_but_no_crash():
+    gains = _gains(_paper_like, networks=1, categories=1)
+    table = comparisons(gains, n_boot=200)
+    assert (table["outcome"] == "inconclusive").all()
+    assert table["p_value"].isna().all()
+    assert (verdicts(table).set_index("finding").loc[["1", "2", "3"], "verdict"]
+            == "does not hold").all()  # fmt: skip
+    several = comparisons(_gains(_paper_like, networks=5, categories=1), n_boot=200)
+    assert several["p_value_over_categories"].isna().all()
+    assert several["p_value"].notna().all()
+
+
 def test_one_network_resamples_categories_only():
     values = np.arange(10.0)[None, :]
     found = estimate(values, n_boot=4000)
@@ -306,5 +334,5 @@ def test_replicate_resumes_finished_networks_and_refuses_other_settings(tmp_path
     replication.run_replicate(tmp_path, seeds=[0, 1, 2], progress=False)
     assert ran == [0, 1, 2, 1]
 
-    with pytest.raises(DataError, match="holds a run with other settings"):
+    with pytest.raises(DataError, match=r"other settings \(sweep.n_pos: 75 there, 10 now"):
         replication.run_replicate(tmp_path, seeds=[0], config=SweepConfig(n_pos=10))

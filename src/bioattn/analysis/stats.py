@@ -3,16 +3,18 @@
 A replication measures one effect (a performance increase, a difference between two methods)
 per *unit*: one trained network and one attended category. Two sources of variability matter:
 another network trained the same way (another seed) and another category. The intervals here
-resample both, **networks first, then categories** (a two-level bootstrap). Every network is
-tested on the same categories (the design is crossed, not nested), so one draw of categories
-serves every network drawn in a replicate; with a single network only the categories are
-resampled. Intervals are *expanded* percentile intervals of the bootstrapped mean (Hesterberg
-2015, "What teachers should know about the bootstrap", §5): with few top-level units (five
-networks, ten categories) the plain percentile interval is too narrow (it uses the normal
-quantile and the biased spread of a small sample), so the percentiles are taken at
-α′/2 = Φ(−√(n/(n−1)) · t₁₋α/₂,ₙ₋₁), n the number of top-level units (networks; categories
-when there is one network). For five networks a 95 % interval uses the 0.1 % and 99.9 %
-bootstrap percentiles; as n grows it becomes the usual 2.5 % and 97.5 %.
+resample both levels (a two-level bootstrap over networks and categories). Every network is
+tested on the same categories (the design is crossed, not nested), so each replicate draws
+networks and, independently, one set of categories that serves every network drawn; with a
+single network only the categories vary. Intervals are *expanded* percentile intervals of
+the bootstrapped mean (Hesterberg 2015, "What teachers should know about the bootstrap",
+§5): with few top-level units (five networks, ten categories) the plain percentile interval
+is too narrow (it uses the normal quantile and the biased spread of a small sample), so the
+percentiles are taken at α′/2 = Φ(−√(n/(n−1)) · t₁₋α/₂,ₙ₋₁), n the number of top-level units
+(networks; categories when there are fewer than :data:`MIN_NETWORKS_FOR_EXPANSION`
+networks). For five networks a 95 % interval uses the 0.1 % and 99.9 % bootstrap
+percentiles (the replicate count is raised so that at least :data:`MIN_TAIL_REPLICATES` lie
+beyond each); as n grows it becomes the usual 2.5 % and 97.5 %.
 
 Paired tests compare two methods unit by unit (e.g. gradient minus tuning values at one layer).
 The independent units are the networks when there are at least :data:`MIN_NETWORKS_FOR_TEST`
@@ -37,7 +39,10 @@ from bioattn.analysis.sdt import AnalysisError
 
 __all__ = [
     "DEFAULT_BOOTSTRAP",
+    "MAX_BOOTSTRAP",
+    "MIN_NETWORKS_FOR_EXPANSION",
     "MIN_NETWORKS_FOR_TEST",
+    "MIN_TAIL_REPLICATES",
     "Estimate",
     "PairedTest",
     "bootstrap_means",
@@ -51,6 +56,15 @@ __all__ = [
 DEFAULT_BOOTSTRAP = 20_000
 #: Fewest networks for a paired test over networks (below it, the test is over categories).
 MIN_NETWORKS_FOR_TEST = 3
+#: Fewest networks for an interval expanded by the networks' count. With 2–3 networks the
+#: expanded percentiles lie beyond anything a bootstrap of them can resolve (α′/2 = 7e-8 for
+#: three), so below this the expansion uses the categories' count (the networks are still
+#: resampled); such an interval can be too narrow for the variability between networks.
+MIN_NETWORKS_FOR_EXPANSION = 4
+#: Bootstrap replicates expected beyond each bound; ``n_boot`` is raised to reach it, up to
+#: MAX_BOOTSTRAP (with 2–3 top-level units the interval is then nearly their range).
+MIN_TAIL_REPLICATES = 10
+MAX_BOOTSTRAP = 200_000
 
 
 @dataclass(frozen=True)
@@ -141,8 +155,6 @@ def bootstrap_means(values: Any, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0)
     n_networks, n_categories = matrix.shape
     networks = rng.integers(n_networks, size=(n_boot, n_networks))
     categories = rng.integers(n_categories, size=(n_boot, n_categories))
-    if n_networks == 1:
-        networks[:] = 0
     drawn = matrix[networks[:, :, None], categories[:, None, :]]
     with np.errstate(invalid="ignore"):
         means = np.nanmean(drawn.reshape(n_boot, -1), axis=1)
@@ -168,18 +180,24 @@ def estimate(
     if not 0 < level < 1:
         raise AnalysisError(f"level must lie in (0, 1), got {level}")
     matrix = _as_matrix(values)
-    means = bootstrap_means(matrix, n_boot, seed)
     present = ~np.isnan(matrix)
     n_networks = int(present.any(axis=1).sum())
-    top = n_networks if n_networks > 1 else int(present.any(axis=0).sum())
-    tail = 100 * expanded_tail(level, top)
-    low, high = np.percentile(means, [tail, 100 - tail])
+    n_categories = int(present.any(axis=0).sum())
+    top = n_networks if n_networks >= MIN_NETWORKS_FOR_EXPANSION else n_categories
+    tail = expanded_tail(level, top)
+    # enough replicates beyond each bound for the percentile to be a bound, not the extreme;
+    # with 2–3 units that would take astronomically many, and the interval is the range of
+    # MAX_BOOTSTRAP replicates (but MIN_TAIL_REPLICATES) instead
+    n_boot = min(max(n_boot, int(min(np.ceil(MIN_TAIL_REPLICATES / tail), 2**62))), MAX_BOOTSTRAP)
+    tail = max(tail, MIN_TAIL_REPLICATES / n_boot)
+    means = bootstrap_means(matrix, n_boot, seed)
+    low, high = np.percentile(means, [100 * tail, 100 * (1 - tail)])
     return Estimate(
         mean=float(np.nanmean(matrix)),
         ci_low=float(low),
         ci_high=float(high),
         n_networks=n_networks,
-        n_categories=int(present.any(axis=0).sum()),
+        n_categories=n_categories,
         level=level,
     )
 
@@ -206,8 +224,9 @@ def paired_test(differences: Any, over: str | None = None) -> PairedTest:
     else:
         units, name = by_category[np.isfinite(by_category)], "categories"
     n = len(units)
-    if n < 2:
-        raise AnalysisError(f"a paired test needs at least 2 units, got {n} {name}")
+    if n < 2:  # no spread to test against: report the mean, no test
+        return PairedTest("paired t-test", name, n, float(units.mean()) if n else float("nan"),
+                          float("nan"), max(n - 1, 0), float("nan"), float("nan"))  # fmt: skip
     mean = float(units.mean())
     spread = float(units.std(ddof=1))
     if spread <= 1e-12 * max(abs(mean), 1.0):  # equal units (up to float rounding)

@@ -171,6 +171,8 @@ def cmd_replicate(args: argparse.Namespace) -> int:
 
     if args.networks < 1:
         raise ConfigError(f"--networks must be at least 1, got {args.networks}")
+    if args.first_seed < 0:
+        raise ConfigError(f"--first-seed must be 0 or more, got {args.first_seed}")
     config, sweep, settings = _replication_settings(args, REPLICATE_DEFAULT_ONLY)
     if config.model.seed != 0:
         raise ConfigError(
@@ -219,6 +221,7 @@ def _demo_extras(settings: Any, data_dir: str | None, out: Path, quick: bool) ->
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``sweep``, ``collect``, ``report``, ``plot``, ``demo`` and ``replicate``."""
     from bioattn.experiments.config import EXECUTORS, RunSection
+    from bioattn.experiments.replication import DEFAULT_SEEDS
 
     def run_default(name: str) -> str:
         return default_of(RunSection, name)
@@ -294,8 +297,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--networks",
         type=int,
-        default=5,
-        help="networks to train and test, training seeds FIRST_SEED … (default 5)",
+        default=DEFAULT_SEEDS,
+        help=f"networks to train and test, training seeds FIRST_SEED … (default {DEFAULT_SEEDS})",
     )
     p.add_argument("--first-seed", type=int, default=0, help="first training seed (default 0)")
     p.add_argument("--out", type=Path, default=Path("runs/replicate"), help="results folder")

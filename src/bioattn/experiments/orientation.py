@@ -43,7 +43,7 @@ from bioattn.data.gratings import (
 from bioattn.data.tasks import TaskSet
 from bioattn.errors import ConfigError
 from bioattn.experiments.runfolder import plot_run, write_run_config, write_tables
-from bioattn.experiments.sweep import SweepConfig, run_sweep
+from bioattn.experiments.sweep import COARSE_BETAS, SweepConfig, run_sweep
 from bioattn.models.detectors import Detectors, evaluate_detectors, fit_detectors
 from bioattn.models.network import Network
 
@@ -201,7 +201,7 @@ class OrientationConfig:
 
     spec: GratingSpec = GratingSpec()
     orientations: tuple[str, ...] | None = None
-    betas: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+    betas: tuple[float, ...] = COARSE_BETAS
     methods: tuple[str, ...] = ("tuning", "gradient")  # of the feature sweep
     spatial_betas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
     spatial_layer: str | None = None  # None: the last attendable layer

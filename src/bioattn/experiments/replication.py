@@ -38,7 +38,6 @@ from typing import Any
 
 import pandas as pd
 
-from bioattn.analysis.figures import plot_performance_increase
 from bioattn.analysis.findings import comparisons, effects, method_tests, verdicts
 from bioattn.analysis.sdt import choose_betas
 from bioattn.attention.values import compute_values, save_values
@@ -69,6 +68,8 @@ def run_replication(
     timings.
     """
     out_dir = Path(out_dir)
+    # config.json marks a finished run (written last); a run that starts is not finished
+    (out_dir / "config.json").unlink(missing_ok=True)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     trained = load_default(settings, data_dir, progress=progress)
@@ -189,20 +190,22 @@ def run_replicate(
         network_settings = replace(settings, seed=seed)
         step = time.perf_counter()
         if _complete(folder, _settings(config, network_settings)):
-            gains = pd.read_csv(folder / "gains.csv")
-            metrics[seed] = json.loads((folder / "config.json").read_text())["model"]["metrics"]
+            gains = pd.read_csv(folder / "gains.csv", keep_default_na=False)
+            written = json.loads((folder / "config.json").read_text())
+            metrics[seed] = written["model"]["metrics"]
+            # what the network cost when it ran, not the time to read it back
+            timings[f"network-{seed}"] = written["timings_seconds"].get("total", 0.0)
         else:
             result = run_replication(folder, config, network_settings, data_dir, progress)
             gains, metrics[seed] = result["gains"], result["metrics"]
-        timings[f"network-{seed}"] = time.perf_counter() - step
+            timings[f"network-{seed}"] = time.perf_counter() - step
         per_network.append(gains.assign(network=seed))
     pooled = pd.concat(per_network, ignore_index=True)
     write_csv(pooled, out_dir / "gains.csv")
     found = write_findings(pooled, out_dir)
-    figures = plot_performance_increase(
-        pd.read_csv(out_dir / "effects.csv"), out_dir / "figures" / "performance_increase"
-    )
-    timings["total"] = time.perf_counter() - started
+    figures = plot_run(out_dir)
+    timings["this_run"] = time.perf_counter() - started
+    timings["total"] = sum(v for k, v in timings.items() if k.startswith("network-"))
     write_run_config(
         out_dir,
         "replicate",
@@ -244,8 +247,15 @@ def _complete(folder: Path, settings: dict[str, Any]) -> bool:
     stored = json.loads(json.dumps(written.get("settings", {}), default=str))
     wanted = json.loads(json.dumps(settings, default=str))
     if written.get("kind") != "replication" or stored != wanted:
+        differ = [
+            f"{part}.{key}: {stored.get(part, {}).get(key)!r} there, {value!r} now"
+            for part, section in wanted.items()
+            for key, value in section.items()
+            if stored.get(part, {}).get(key) != value
+        ]
         raise DataError(
-            f"{folder} holds a run with other settings (kind {written.get('kind')!r}); "
-            "give another --out folder, or delete that folder to run it again"
+            f"{folder} holds a {written.get('kind')!r} run with other settings "
+            f"({'; '.join(differ[:4]) or 'another kind of run'}); give another --out folder, "
+            "or delete that folder to run it again"
         )
     return (folder / "gains.csv").exists()

@@ -124,10 +124,17 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
     A folder with ``selection.parquet`` (a replication) shows held-out gains with their
     intervals (``effects.csv`` when present) and draws the β curves from the selection images,
-    where every β was evaluated.
+    where every β was evaluated; a folder of several networks (``effects.csv`` only) gets the
+    performance increase with intervals over networks.
     """
     run_dir = Path(run_dir)
     table_path = run_dir / "performance.parquet"
+    effects_path = run_dir / "effects.csv"
+    figures = run_dir / "figures"
+    if not table_path.exists() and effects_path.exists():  # several networks, pooled
+        return plot_performance_increase(
+            pd.read_csv(effects_path), figures / "performance_increase"
+        )
     if not table_path.exists():
         raise DataError(
             f"{run_dir} has no performance.parquet; give a results folder written by "
@@ -136,13 +143,11 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     table = pd.read_parquet(table_path)
     selection_path = run_dir / "selection.parquet"
     selection = pd.read_parquet(selection_path) if selection_path.exists() else None
-    effects_path = run_dir / "effects.csv"
     if effects_path.exists():
         summary = pd.read_csv(effects_path)
     else:
         summary = layer_summary(gains_of(table, selection))
     curves = table if selection is None else selection
-    figures = run_dir / "figures"
     paths = plot_performance_increase(summary, figures / "performance_increase")
     paths += plot_rates_vs_beta(curves, figures / "tp_fp_vs_beta")
     paths += plot_dprime_criterion_vs_beta(curves, figures / "dprime_criterion_vs_beta")

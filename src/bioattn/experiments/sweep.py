@@ -51,11 +51,15 @@ from bioattn.models.network import LayerInfo, Network
 #: categories) and gradient values lie in [−1, 1]; this grid spans both from gentle to strong,
 #: finest in 0–1, where the best β of the default network lie.
 DEFAULT_BETAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 4.0)
+#: The β grid before it was refined: the experiments whose results RESULTS.md reports on it
+#: (orientation, the SSN replication's plain network, the mechanisms comparison) keep it.
+COARSE_BETAS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 #: Default methods: tuning and gradient values, and the shuffled-values control of each.
 DEFAULT_METHODS = ("tuning", "gradient", "shuffled-tuning", "shuffled-gradient")
 
 __all__ = [
     "ALL_LAYERS",
+    "COARSE_BETAS",
     "DEFAULT_BETAS",
     "DEFAULT_METHODS",
     "PERFORMANCE_COLUMNS",
@@ -218,7 +222,8 @@ def build_selection_sets(
     layers are chosen, so that no test image takes part in a choice.
 
     Built like :func:`build_test_sets` (same sizes) from their own seed stream
-    (:data:`~bioattn.data.tasks.SELECTION_STREAM`, distinct from the gradient values' images).
+    (:data:`~bioattn.data.tasks.SELECTION_STREAM`: drawn independently of the gradient values'
+    images, which come from the same split).
     """
     if source.split != "train":
         raise DataError(

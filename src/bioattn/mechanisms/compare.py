@@ -61,7 +61,7 @@ from bioattn.experiments.evaluate import ModulationEvaluator, make_evaluator
 from bioattn.experiments.grid import Condition, Grid, LayerSetting
 from bioattn.experiments.run import PerformanceSink, run
 from bioattn.experiments.runfolder import write_run_config
-from bioattn.experiments.sweep import SweepConfig, build_test_sets
+from bioattn.experiments.sweep import COARSE_BETAS, SweepConfig, build_test_sets
 from bioattn.mechanisms.common import (
     CuedSet,
     cued_set,
@@ -110,11 +110,6 @@ COMPARE_IMAGE_TYPES = ("array", "merged")
 METRICS = ("tp", "tn", "fp", "performance", "dprime", "criterion")
 
 
-#: β grid of the FSGM rows (the sweep's grid before it was refined; the comparison's results
-#: in RESULTS.md were measured on it).
-COMPARISON_BETAS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
-
-
 @dataclass(frozen=True)
 class CompareConfig:
     """Everything that defines a comparison run; the defaults are the documented full run.
@@ -132,7 +127,7 @@ class CompareConfig:
     pool_per_class: int = 100
     select_per_class: int = 20
     fsgm_layers: tuple[str, ...] | None = None
-    betas: tuple[float, ...] = COMPARISON_BETAS
+    betas: tuple[float, ...] = COARSE_BETAS
     soft_layer: str | None = None
     dasnet_layers: tuple[str, ...] | None = None
     feedback_steps: int = 2

@@ -37,7 +37,7 @@ from bioattn.data.imageset import ImageSet, balanced_subset, resolve_category
 from bioattn.errors import ConfigError
 from bioattn.experiments.grid import ALL_LAYERS
 from bioattn.experiments.runfolder import write_run_config, write_tables
-from bioattn.experiments.sweep import SweepConfig, resolve_sweep, run_sweep
+from bioattn.experiments.sweep import COARSE_BETAS, SweepConfig, resolve_sweep, run_sweep
 from bioattn.models.detectors import Detectors, evaluate_detectors
 from bioattn.models.network import Network
 from bioattn.models.train import load_default
@@ -337,6 +337,7 @@ def run_ssn_replication(
         categories=None if categories is None else tuple(categories),
         layers=None if layers in (None, "all") else tuple(layers),
         all_layers=False,
+        betas=COARSE_BETAS,
         methods=tuple(methods),
         n_pos=n_pos,
         n_neg=n_neg,
