@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bioattn.analysis.sdt import AnalysisError, dprime_criterion, layer_summary
+from bioattn.analysis.sdt import AnalysisError, layer_summary, with_dprime_criterion
 
 __all__ = [
     "METHOD_COLORS",
@@ -324,11 +324,7 @@ def plot_dprime_criterion_vs_beta(
     column per image_type, one colour per method. Returns the PNG and SVG paths.
     """
     _require(table, ["image_type", "layer", "method", "beta"], "plot_dprime_criterion_vs_beta")
-    if "dprime" not in table.columns or "criterion" not in table.columns:
-        _require(table, ["tp", "fp"], "plot_dprime_criterion_vs_beta (to compute d′)")
-        table = table.copy()
-        d, c = dprime_criterion(table["tp"].to_numpy(float), table["fp"].to_numpy(float))
-        table["dprime"], table["criterion"] = d, c
+    table = with_dprime_criterion(table, "plot_dprime_criterion_vs_beta")
     rows, chosen = _select_layer(table, layer)
     means = _mean_over_categories(rows, ["dprime", "criterion"])
     colors = method_colors(means["method"])

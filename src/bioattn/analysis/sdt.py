@@ -40,6 +40,7 @@ __all__ = [
     "layer_summary",
     "performance_gains",
     "sort_layers",
+    "with_dprime_criterion",
 ]
 
 #: Columns that identify one gain (one row of :func:`performance_gains`).
@@ -220,6 +221,17 @@ def _describe_group(keys: Sequence[str], values: Any) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in zip(keys, values, strict=True))
 
 
+def with_dprime_criterion(table: pd.DataFrame, what: str) -> pd.DataFrame:
+    """``table`` with ``dprime`` and ``criterion`` columns: as it is when it has them, else a
+    copy with them computed from ``tp`` and ``fp`` (:func:`dprime_criterion`). ``what`` names
+    the caller in the error when ``tp`` or ``fp`` is missing too."""
+    if "dprime" in table.columns and "criterion" in table.columns:
+        return table
+    _require_columns(table, ["tp", "fp"], f"{what} (to compute d′ and criterion)")
+    dprime, criterion = dprime_criterion(table["tp"].to_numpy(float), table["fp"].to_numpy(float))
+    return table.assign(dprime=dprime, criterion=criterion)
+
+
 def performance_gains(table: pd.DataFrame) -> pd.DataFrame:
     """Best attention strength and performance gain per (category, layer, method).
 
@@ -240,11 +252,7 @@ def performance_gains(table: pd.DataFrame) -> pd.DataFrame:
     """
     keys = [k for k in GAIN_KEYS if k in table.columns]
     _require_columns(table, [*GAIN_KEYS[:4], "method", "beta", "performance"], "performance_gains")
-    df = table.copy()
-    if "dprime" not in df.columns or "criterion" not in df.columns:
-        _require_columns(df, ["tp", "fp"], "performance_gains (to compute d′ and criterion)")
-        d, c = dprime_criterion(df["tp"].to_numpy(float), df["fp"].to_numpy(float))
-        df["dprime"], df["criterion"] = d, c
+    df = with_dprime_criterion(table, "performance_gains").copy()
     df["beta"] = df["beta"].astype(float)
     if df.empty:
         return pd.DataFrame(columns=[*keys, *GAIN_COLUMNS])
@@ -329,12 +337,7 @@ def held_out_gains(selection_table: pd.DataFrame, test_table: pd.DataFrame) -> p
     selection = performance_gains(selection_table)
     keys = [k for k in GAIN_KEYS if k in selection.columns and k in test_table.columns]
     _require_columns(test_table, [*keys, "beta", "performance"], "held_out_gains")
-    test = test_table.copy()
-    if "dprime" not in test.columns or "criterion" not in test.columns:
-        _require_columns(test, ["tp", "fp"], "held_out_gains (to compute d′ and criterion)")
-        test["dprime"], test["criterion"] = dprime_criterion(
-            test["tp"].to_numpy(float), test["fp"].to_numpy(float)
-        )
+    test = with_dprime_criterion(test_table, "held_out_gains").copy()
     test["beta"] = test["beta"].astype(float)
     test = test.drop_duplicates([*keys, "beta"])
     measured = ["performance", "dprime", "criterion"]
