@@ -127,7 +127,6 @@ def _replication_settings(args: argparse.Namespace, why: str) -> tuple[Any, Any,
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole replication on a trained embedded network (Fashion-MNIST)."""
-    from bioattn.analysis.sdt import format_summary
     from bioattn.experiments.replication import run_replication
 
     config, sweep, settings = _replication_settings(args, DEMO_DEFAULT_ONLY)
@@ -143,12 +142,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{settings.architecture}: test accuracy {metrics['test_accuracy']:.4f}; detector "
         f"balanced accuracy {min(accuracies):.3f}–{max(accuracies):.3f}"
     )
-    print(
+    _print_results(
         "performance increase from attention on the test images, percentage points (mean ± "
-        "SEM across categories; β chosen per category on selection images):"
+        "SEM across categories; β chosen per category on selection images):",
+        result["summary"],
+        result["verdicts"],
+        Path(args.out),
     )
-    print(format_summary(result["summary"]))
-    _print_verdicts(result["verdicts"], Path(args.out))
     print(
         f"\nresults in {args.out} (figures in {Path(args.out) / 'figures'}); "
         f"took {time.perf_counter() - started:.0f} s"
@@ -156,9 +156,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_verdicts(verdicts: Any, out: Path) -> None:
+def _print_results(heading: str, summary: Any, verdicts: Any, out: Path) -> None:
+    """What ``demo`` and ``replicate`` print: the performance increase by layer (a summary or
+    an effects table) and the findings' verdicts."""
     from bioattn.analysis.findings import format_findings
+    from bioattn.analysis.sdt import format_summary
 
+    print(heading)
+    print(format_summary(summary))
     print("\nfindings of Lindsay & Miller (2018), verdicts computed from this run:")
     print(format_findings(verdicts))
     print(f"(each comparison with its numbers: {out / 'comparisons.csv'})")
@@ -166,7 +171,6 @@ def _print_verdicts(verdicts: Any, out: Path) -> None:
 
 def cmd_replicate(args: argparse.Namespace) -> int:
     """The replication on several trained embedded networks, with intervals over networks."""
-    from bioattn.analysis.sdt import format_summary
     from bioattn.experiments.replication import run_replicate
 
     if args.networks < 1:
@@ -187,12 +191,13 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         f"\n{len(accuracies)} {settings.architecture} networks (training seeds {seeds.start}–"
         f"{seeds.stop - 1}): test accuracy {min(accuracies):.4f}–{max(accuracies):.4f}"
     )
-    print(
+    _print_results(
         "performance increase on the test images, percentage points (mean [95 % interval over "
-        "networks × categories]; β chosen on selection images):"
+        "networks × categories]; β chosen on selection images):",
+        result["effects"],
+        result["verdicts"],
+        Path(args.out),
     )
-    print(format_summary(result["effects"]))
-    _print_verdicts(result["verdicts"], Path(args.out))
     print(f"\nresults in {args.out}; took {time.perf_counter() - started:.0f} s")
     return 0
 
