@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -50,7 +49,7 @@ from bioattn.data.image_folder import load_image_folder  # noqa: E402
 from bioattn.data.tasks import task_seed  # noqa: E402
 from bioattn.experiments.engine import SweepEngine, naive_condition_logits  # noqa: E402
 from bioattn.models.detectors import fit_detectors  # noqa: E402
-from run import DISTURBED, CpuMeter, call_macs, machine_info, peak_rss_gb  # noqa: E402
+from run import DISTURBED, CpuMeter, counted_pass, machine_info, peak_rss_gb  # noqa: E402
 
 MODEL = "resnet18"
 SIZE = 64
@@ -111,31 +110,20 @@ def site_macs(network, layers, image_shape: tuple[int, ...]) -> tuple[int, dict[
     done = [0]
     at_site: dict[str, int] = {}
     at_readout: list[int] = []
-    handles = []
-    removers = []
-    for module in network.module.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
 
-            def hook(mod, _inputs, output):
-                done[0] += call_macs(mod, output)
+    def count(_name: str, macs: int) -> None:
+        done[0] += macs
 
-            handles.append(module.register_forward_hook(hook))
     readout = network.submodule(network.readout)
-    handles.append(readout.register_forward_pre_hook(lambda *_: at_readout.append(done[0])))
+    handles = [readout.register_forward_pre_hook(lambda *_: at_readout.append(done[0]))]
+    removers = []
     for layer in layers:
 
         def mark(x, alias=layer.alias):
             at_site[alias] = done[0]
 
         removers.append(network.hook_site(layer, mark))
-    try:
-        with torch.no_grad():
-            network(network.preprocess(torch.zeros(1, *image_shape)))
-    finally:
-        for handle in handles:
-            handle.remove()
-        for remove in removers:
-            remove()
+    counted_pass(network, image_shape, count, handles, removers)
     return at_readout[0], at_site
 
 

@@ -31,8 +31,10 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -156,18 +158,22 @@ def call_macs(module: nn.Conv2d | nn.Linear, output: torch.Tensor) -> int:
     return output[0].numel() * per_output
 
 
-def module_macs(network: Network, image_shape: tuple[int, ...]) -> list[tuple[str, int]]:
-    """(module path, multiply-adds per image) of every conv and linear, in call order.
-
-    The readout module and anything called after it are left out: detectors read its input.
-    """
-    calls: list[tuple[str, int]] = []
-    handles = []
+def counted_pass(
+    network: Network,
+    image_shape: tuple[int, ...],
+    on_call: Callable[[str, int], None],
+    handles: Sequence[Any] = (),
+    removers: Sequence[Callable[[], None]] = (),
+) -> None:
+    """One zero-image forward pass calling ``on_call(module path, multiply-adds per image)``
+    after every conv and linear call; every hook (also ``handles`` and ``removers``, which the
+    caller registered for the pass) is removed afterwards."""
+    handles = list(handles)
     for name, module in network.module.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
 
             def hook(mod, _inputs, output, name=name):
-                calls.append((name, call_macs(mod, output)))
+                on_call(name, call_macs(mod, output))
 
             handles.append(module.register_forward_hook(hook))
     try:
@@ -176,6 +182,17 @@ def module_macs(network: Network, image_shape: tuple[int, ...]) -> list[tuple[st
     finally:
         for handle in handles:
             handle.remove()
+        for remove in removers:
+            remove()
+
+
+def module_macs(network: Network, image_shape: tuple[int, ...]) -> list[tuple[str, int]]:
+    """(module path, multiply-adds per image) of every conv and linear, in call order.
+
+    The readout module and anything called after it are left out: detectors read its input.
+    """
+    calls: list[tuple[str, int]] = []
+    counted_pass(network, image_shape, lambda name, macs: calls.append((name, macs)))
     names = [name for name, _ in calls]
     if network.readout in names:
         calls = calls[: names.index(network.readout)]
