@@ -113,11 +113,6 @@ def _single_layers(gains: pd.DataFrame) -> list[str]:
     return list(layers.sort_values("layer_number")["layer"])
 
 
-def _units(frame: pd.DataFrame, value: str) -> pd.DataFrame:
-    """Per (network, category) values of ``value`` (one row each)."""
-    return frame[["network", "category", value]]
-
-
 def effects(gains: pd.DataFrame, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> pd.DataFrame:
     """Mean held-out Δ (pp), Δd′ and Δc per (image type, layer, method), with 95 % intervals
     over networks and categories, the mean chosen β and the mean (biased) selection-image Δ."""
@@ -126,24 +121,21 @@ def effects(gains: pd.DataFrame, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0)
     rows: list[dict[str, Any]] = []
     for values, group in gains.groupby(keys, sort=False):
         row: dict[str, Any] = dict(zip(keys, values, strict=True))
-        for metric, prefix in (
-            ("delta_pp", ""),
-            ("delta_dprime", "dprime_"),
-            ("delta_criterion", "criterion_"),
+        # column names of each metric's mean and interval in the effects table
+        for metric, (mean, low, high) in (
+            ("delta_pp", ("mean_delta_pp", "ci_low_pp", "ci_high_pp")),
+            ("delta_dprime", ("dprime_mean", "dprime_ci_low", "dprime_ci_high")),
+            ("delta_criterion", ("criterion_mean", "criterion_ci_low", "criterion_ci_high")),
         ):
-            found = estimate(unit_matrix(_units(group, metric), metric), n_boot, seed)
-            row.update({f"{prefix}mean": found.mean, f"{prefix}ci_low": found.ci_low,
-                        f"{prefix}ci_high": found.ci_high})  # fmt: skip
-            if not prefix:
+            found = estimate(unit_matrix(group, metric), n_boot, seed)
+            row.update({mean: found.mean, low: found.ci_low, high: found.ci_high})
+            if metric == "delta_pp":
                 row["n_networks"], row["n_categories"] = found.n_networks, found.n_categories
         row["mean_best_beta"] = float(group["best_beta"].mean())
         if "selection_delta_pp" in group:
             row["mean_selection_delta_pp"] = float(group["selection_delta_pp"].mean())
         rows.append(row)
-    out = pd.DataFrame(rows).rename(
-        columns={"mean": "mean_delta_pp", "ci_low": "ci_low_pp", "ci_high": "ci_high_pp"}
-    )
-    return sort_layers(out)
+    return sort_layers(pd.DataFrame(rows))
 
 
 def _compare(

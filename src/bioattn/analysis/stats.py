@@ -28,7 +28,7 @@ standard deviation of the differences, at the level tested) and n.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,10 +78,6 @@ class Estimate:
     n_categories: int
     level: float = 0.95
 
-    def as_dict(self, prefix: str = "") -> dict[str, Any]:
-        """The fields as a flat dict, keys prefixed (``prefix + "mean"``, …)."""
-        return {f"{prefix}{key}": value for key, value in asdict(self).items()}
-
 
 @dataclass(frozen=True)
 class PairedTest:
@@ -95,10 +91,6 @@ class PairedTest:
     df: int
     p_value: float
     effect_size_dz: float
-
-    def as_dict(self) -> dict[str, Any]:
-        """The fields as a flat dict."""
-        return asdict(self)
 
 
 def unit_matrix(
