@@ -316,8 +316,10 @@ def test_non_finite_drive_raises() -> None:
         layer.steady_state(h, h)
 
 
-def test_no_convergence_within_t_max_raises() -> None:
-    layer = SSNLayer(1, SSNParams(t_max=20.0))
+@pytest.mark.parametrize("solver", ["euler", "newton"])
+def test_no_convergence_within_t_max_raises(solver: str) -> None:
+    # Newton gets one iteration, so it hands the image to Euler, which runs out of time
+    layer = SSNLayer(1, SSNParams(t_max=20.0, solver=solver, max_iterations=1))
     h = torch.full((1, 1, 2, 2), 15.0)
     with pytest.raises(SSNInstabilityError, match=r"no steady state.*t_max"):
         layer.steady_state(h, h)

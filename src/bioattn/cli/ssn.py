@@ -51,8 +51,9 @@ def ssn_params(args: argparse.Namespace) -> SSNParams:
 
     from bioattn.ssn import SSNParams
 
-    names = [f.name for f in fields(SSNParams)]
-    overrides: dict[str, float | int] = {}
+    kinds = {f.name: f.type for f in fields(SSNParams)}
+    names = list(kinds)
+    overrides: dict[str, float | int | str] = {}
     for item in args.param:
         name, sep, value = item.partition("=")
         name = name.strip().lower()
@@ -60,8 +61,11 @@ def ssn_params(args: argparse.Namespace) -> SSNParams:
             raise ConfigError(
                 f"--param {item!r}: expected NAME=VALUE with NAME one of {', '.join(names)}"
             )
+        if kinds[name] in ("str", str):
+            overrides[name] = value.strip()
+            continue
         try:
-            overrides[name] = int(value) if name == "check_every" else float(value)
+            overrides[name] = int(value) if kinds[name] in ("int", int) else float(value)
         except ValueError as error:
             raise ConfigError(f"--param {item!r}: {value!r} is not a number") from error
     params = SSNParams(**overrides)

@@ -26,17 +26,20 @@ from bioattn.experiments.runfolder import environment_info
 from bioattn.models.network import Network
 from bioattn.ssn.builder import conv_output, ssn_blocks
 from bioattn.ssn.experiments import build_default_ssn, write_json
-from bioattn.ssn.layer import SSNParams
+from bioattn.ssn.layer import SOLVERS, SSNParams
 
-#: (dt in ms, tol per ms) settings compared by :func:`run_ssn_convergence`; the first is the
-#: reference, the third the default of :class:`~bioattn.ssn.layer.SSNParams`.
+#: (solver, dt in ms, tol per ms) settings compared by :func:`run_ssn_convergence`; the first
+#: (tight Euler) is the reference, ``("newton", 2.0, 1e-6)`` the default of
+#: :class:`~bioattn.ssn.layer.SSNParams` (for Newton, dt only sets the stability check's and
+#: the fallback's step).
 CONVERGENCE_SETTINGS = (
-    (0.5, 1e-6),
-    (1.0, 1e-6),
-    (2.0, 1e-6),
-    (2.0, 3e-6),
-    (2.0, 1e-5),
-    (2.0, 1e-4),
+    ("euler", 0.5, 1e-6),
+    ("euler", 1.0, 1e-6),
+    ("euler", 2.0, 1e-6),
+    ("euler", 2.0, 1e-5),
+    ("newton", 2.0, 1e-6),
+    ("newton", 2.0, 1e-5),
+    ("newton", 2.0, 1e-7),
 )
 
 __all__ = [
@@ -57,25 +60,41 @@ def time_per_image(network: Network, images: torch.Tensor, batch_size: int = 256
     return (time.perf_counter() - started) / images.shape[0]
 
 
+def _ssn_outputs(ssn_network: Network) -> tuple[list, dict[str, list[torch.Tensor]]]:
+    """Forward hooks collecting every SSN layer's steady-state E rates, per batch."""
+    collected: dict[str, list[torch.Tensor]] = {}
+    handles = []
+    for alias, block in ssn_blocks(ssn_network).items():
+        collected[alias] = []
+
+        def hook(_module, _inputs, output, store=collected[alias]) -> None:
+            store.append(output.detach().clone())
+
+        handles.append(block.ssn.register_forward_hook(hook))
+    return handles, collected
+
+
 def run_ssn_convergence(
     out_dir: str | Path,
     network: Network,
     ssn_network: Network,
     images: torch.Tensor,
-    settings: Sequence[tuple[float, float]] = CONVERGENCE_SETTINGS,
+    settings: Sequence[tuple[str, float, float]] = CONVERGENCE_SETTINGS,
     t_max: float = 4000.0,
     batch_size: int = 256,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Readout features, class decisions and cost per image for several (dt, tol) settings.
+    """Readout features, steady states, class decisions and cost for several solver settings.
 
-    The SSN-CNN keeps its calibration; only each layer's Euler step and tolerance change (with
-    a generous ``t_max`` so that the tolerance decides). The first setting is the reference:
-    for every other one the table gives the largest relative deviation of the readout features
-    (max |Δ| / max |reference|, per image, then the largest over images), the share of images
-    whose 10-way decision (argmax of the classifier head) changes, seconds per image and the
-    largest number of Euler steps of any layer. The plain network's cost is in the row with
-    ``setting == "plain"``. Written to ``convergence.csv``.
+    The SSN-CNN keeps its calibration; only each layer's solver, Euler step and tolerance
+    change (with a generous ``t_max`` so that the tolerance decides). The first setting is the
+    reference: for every other one the table gives the largest relative deviation of the
+    readout features and of every SSN layer's steady-state rates (max |Δ| / max |reference|,
+    per image, then the largest over images and layers), the share of images whose 10-way
+    decision (argmax of the classifier head) changes, seconds per image, the largest number of
+    Euler steps and of Newton iterations of any layer, and the images handed from Newton to
+    Euler. The plain network's cost is in the row with ``setting == "plain"``. Written to
+    ``convergence.csv``.
     """
     out_dir = Path(out_dir)
     blocks = ssn_blocks(ssn_network)
@@ -84,28 +103,50 @@ def run_ssn_convergence(
     rows = []
     reference: torch.Tensor | None = None
     reference_class: torch.Tensor | None = None
+    reference_states: dict[str, torch.Tensor] = {}
+    handed = {"n": 0}
+
+    def count(module, _inputs, _output) -> None:
+        handed["n"] += getattr(module, "last_handed_to_euler", 0)
+
     try:
-        for dt, tol in tqdm(settings, desc="SSN convergence", disable=not progress):
+        for solver, dt, tol in tqdm(settings, desc="SSN convergence", disable=not progress):
             for alias, block in blocks.items():
-                block.ssn.params = replace(original[alias], dt=dt, tol=tol, t_max=t_max)
-            started = time.perf_counter()
-            features = ssn_network.readout_features(images, batch_size=batch_size)
-            seconds = (time.perf_counter() - started) / images.shape[0]
+                block.ssn.params = replace(
+                    original[alias], solver=solver, dt=dt, tol=tol, t_max=t_max
+                )
+                block.ssn.clear_memo()
+            handles, collected = _ssn_outputs(ssn_network)
+            handles += [block.ssn.register_forward_hook(count) for block in blocks.values()]
+            handed["n"] = 0
+            try:
+                started = time.perf_counter()
+                features = ssn_network.readout_features(images, batch_size=batch_size)
+                seconds = (time.perf_counter() - started) / images.shape[0]
+            finally:
+                for handle in handles:
+                    handle.remove()
+            states = {alias: torch.cat(parts) for alias, parts in collected.items()}
             steps = [block.ssn.last_steps for block in blocks.values()]
+            iterations = [block.ssn.last_iterations for block in blocks.values()]
             with torch.no_grad():
                 decision = head(features).argmax(dim=1)
             if reference is None:
-                reference, reference_class = features, decision
-            scale = reference.abs().amax(dim=1).clamp(min=1e-12)
-            deviation = ((features - reference).abs().amax(dim=1) / scale).max()
+                reference, reference_class, reference_states = features, decision, states
             rows.append(
                 {
-                    "setting": f"dt={dt:g} ms, tol={tol:g}",
+                    "setting": f"{solver}, dt={dt:g} ms, tol={tol:g}",
+                    "solver": solver,
                     "dt_ms": dt,
                     "tol": tol,
                     "seconds_per_image": seconds,
                     "max_steps": max(steps, default=0),
-                    "max_relative_feature_deviation": float(deviation),
+                    "max_iterations": max(iterations, default=0),
+                    "images_handed_to_euler": handed["n"],
+                    "max_relative_feature_deviation": _deviation(features, reference),
+                    "max_relative_state_deviation": max(
+                        (_deviation(states[a], reference_states[a]) for a in states), default=0.0
+                    ),
                     "decision_changes": float((decision != reference_class).float().mean()),
                 }
             )
@@ -115,11 +156,15 @@ def run_ssn_convergence(
     rows.append(
         {
             "setting": "plain",
+            "solver": "",
             "dt_ms": float("nan"),
             "tol": float("nan"),
             "seconds_per_image": time_per_image(network, images, batch_size),
             "max_steps": 0,
+            "max_iterations": 0,
+            "images_handed_to_euler": 0,
             "max_relative_feature_deviation": float("nan"),
+            "max_relative_state_deviation": float("nan"),
             "decision_changes": float("nan"),
         }
     )
@@ -129,24 +174,41 @@ def run_ssn_convergence(
     return table
 
 
+def _deviation(values: torch.Tensor, reference: torch.Tensor) -> float:
+    """Largest over images of max |values − reference| / max |reference| (per image)."""
+    flat, ref = values.flatten(1), reference.flatten(1)
+    scale = ref.abs().amax(dim=1).clamp(min=1e-12)
+    return float(((flat - ref).abs().amax(dim=1) / scale).max())
+
+
 def layer_costs(ssn_network: Network, images: torch.Tensor) -> pd.DataFrame:
-    """Seconds per image and Euler steps of each SSN layer for one pass over ``images``."""
+    """Seconds per image, Euler steps and Newton iterations of each SSN layer for one pass over
+    ``images``, with each solver (the layer's own settings otherwise)."""
     rows = []
     for alias, block in ssn_blocks(ssn_network).items():
         x = conv_output(ssn_network, alias, images)
-        started = time.perf_counter()
-        result = block.ssn.simulate(x)
-        rows.append(
-            {
-                "layer": alias,
-                "shape": "x".join(str(s) for s in x.shape[1:]),
-                "seconds_per_image": (time.perf_counter() - started) / x.shape[0],
-                "steps": result.steps,
-                "mean_e_rate_hz": float(result.r_e.mean()),
-                "mean_i_rate_hz": float(result.r_i.mean()),
-                "max_e_rate_hz": float(result.r_e.max()),
-            }
-        )
+        own = block.ssn.params
+        try:
+            for solver in SOLVERS:
+                block.ssn.params = replace(own, solver=solver)
+                started = time.perf_counter()
+                result = block.ssn.simulate(x)
+                rows.append(
+                    {
+                        "layer": alias,
+                        "solver": solver,
+                        "shape": "x".join(str(s) for s in x.shape[1:]),
+                        "seconds_per_image": (time.perf_counter() - started) / x.shape[0],
+                        "steps": result.steps,
+                        "iterations": result.iterations,
+                        "images_handed_to_euler": result.handed_to_euler,
+                        "mean_e_rate_hz": float(result.r_e.mean()),
+                        "mean_i_rate_hz": float(result.r_i.mean()),
+                        "max_e_rate_hz": float(result.r_e.max()),
+                    }
+                )
+        finally:
+            block.ssn.params = own
     return pd.DataFrame(rows)
 
 
@@ -166,10 +228,10 @@ def run_ssn_benchmark(
 
     Builds the default SSN-CNN (:func:`~bioattn.ssn.experiments.build_default_ssn`) and uses
     ``n_images`` merged test images of the ``category`` task (half positives). Writes under
-    ``out_dir``: ``cost.csv`` (``repeats`` alternating timings of both networks on the same
-    images), ``layer_costs.csv``, ``convergence.csv`` (:func:`run_ssn_convergence`; ``None``
-    settings use its defaults; an empty sequence skips it) and ``machine.json``. Returns the
-    tables by name.
+    ``out_dir``: ``cost.csv`` (``repeats`` alternating timings of the plain network and the
+    SSN-CNN with the Newton and the Euler solver, on the same images), ``layer_costs.csv``,
+    ``convergence.csv`` (:func:`run_ssn_convergence`; ``None`` settings use its defaults; an
+    empty sequence skips it) and ``machine.json``. Returns the tables by name.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -179,16 +241,28 @@ def run_ssn_benchmark(
     network, ssn_network, _values = build_default_ssn(params, data_dir=data_dir, seed=seed)
     images = task.images
     rows = []
-    for rep in range(repeats):
-        for name, net in (("plain", network), ("ssn", ssn_network)):
-            rows.append(
-                {
-                    "network": name,
-                    "rep": rep,
-                    "seconds_per_image": time_per_image(net, images, batch_size),
-                    "load_average_1min": os.getloadavg()[0],
-                }
-            )
+    blocks = ssn_blocks(ssn_network)
+    own = {alias: block.ssn.params for alias, block in blocks.items()}
+    try:
+        for rep in range(repeats):
+            for name, net, solver in (
+                ("plain", network, None),
+                ("ssn-newton", ssn_network, "newton"),
+                ("ssn-euler", ssn_network, "euler"),
+            ):
+                for alias, block in blocks.items():
+                    block.ssn.params = replace(own[alias], solver=solver or own[alias].solver)
+                rows.append(
+                    {
+                        "network": name,
+                        "rep": rep,
+                        "seconds_per_image": time_per_image(net, images, batch_size),
+                        "load_average_1min": os.getloadavg()[0],
+                    }
+                )
+    finally:
+        for alias, block in blocks.items():
+            block.ssn.params = own[alias]
     tables = {"cost": pd.DataFrame(rows), "layer_costs": layer_costs(ssn_network, images)}
     if settings is None or len(settings) > 0:
         kwargs = {} if settings is None else {"settings": tuple(settings)}

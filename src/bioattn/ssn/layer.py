@@ -57,6 +57,7 @@ from torch import nn
 from bioattn.attention.gains import as_nchw
 from bioattn.errors import BioattnError, ConfigError
 from bioattn.ssn.kernels import Grid, build_grid, gaussian_matrix, kernel_spectrum
+from bioattn.ssn.solver import adjoint_solve, newton_chunk, unstable_images
 
 #: Rates below this (Hz) count as silence when judging the relative change.
 RATE_FLOOR = 1e-3
@@ -64,6 +65,9 @@ RATE_FLOOR = 1e-3
 CHUNK_ELEMENTS = 1 << 18
 #: States (E and I rates of a whole batch) smaller than this are integrated on one thread.
 SMALL_STATE_ELEMENTS = 1 << 15
+#: How steady states are found: the cell-local Newton solver (:mod:`bioattn.ssn.solver`, with
+#: Euler as its fallback) or Euler alone (the reference, and the only way to a time course).
+SOLVERS = ("newton", "euler")
 
 
 class SSNInstabilityError(BioattnError):
@@ -102,6 +106,13 @@ class SSNParams:
     mode of the SSN near its supralinear-to-sublinear transition has τ ≈ 60 ms, so tol = 1e-6
     leaves the rates within ~1e-4 of the fixed point (1e-5: ~1 %); float32 rounding puts a floor
     near 1e-7 under ``tol``.
+
+    Solver: ``solver="newton"`` (default) finds the steady state with the cell-local Newton
+    iteration of :mod:`bioattn.ssn.solver` (``damping`` ω, at most ``max_iterations``, stopping
+    at the same relative rate of change ``tol``), checks each solution's stability (cells whose
+    own linearisation is unstable trigger a power iteration over ``verify_periods`` × the
+    longer time constant) and hands any image it cannot settle or verify to Euler;
+    ``"euler"`` integrates only (the reference). Time courses always use Euler.
     """
 
     k: float = 0.04
@@ -125,6 +136,10 @@ class SSNParams:
     t_max: float = 2000.0
     rate_cap: float = 1e4
     check_every: int = 5
+    solver: str = "newton"
+    max_iterations: int = 200
+    damping: float = 0.9
+    verify_periods: float = 4.0
 
     def __post_init__(self) -> None:
         for name in ("k", "tau_e", "tau_i", "dt", "tol", "t_max", "rate_cap", "truncate"):
@@ -158,6 +173,18 @@ class SSNParams:
             )
         if int(self.check_every) < 1:
             raise ConfigError(f"SSNParams.check_every must be >= 1, got {self.check_every}")
+        if self.solver not in SOLVERS:
+            raise ConfigError(
+                f"SSNParams.solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}"
+            )
+        if int(self.max_iterations) < 1:
+            raise ConfigError(f"SSNParams.max_iterations must be >= 1, got {self.max_iterations}")
+        if not (math.isfinite(self.verify_periods) and self.verify_periods > 0):
+            raise ConfigError(
+                f"SSNParams.verify_periods must be a positive number, got {self.verify_periods}"
+            )
+        if not (math.isfinite(self.damping) and 0 < self.damping <= 1):
+            raise ConfigError(f"SSNParams.damping must be in (0, 1], got {self.damping}")
         if self.n > 1 and self.determinant() <= 0:
             raise SSNInstabilityError(
                 "SSN weights cannot be stable for strong inputs: inhibition must dominate, "
@@ -254,6 +281,8 @@ class SSNResult:
     trace_i: torch.Tensor | None = None
     times: torch.Tensor | None = None  # (T + 1,) ms
     relative_change: float = 0.0  # last measured relative rate of change (per ms)
+    iterations: int = 0  # Newton iterations (the largest over chunks); 0 with solver="euler"
+    handed_to_euler: int = 0  # images the Newton solver could not settle, solved by Euler
 
 
 @dataclass
@@ -346,6 +375,8 @@ class SSNLayer(nn.Module):
         self.register_buffer("similarity", torch.eye(self.channels))
         self._effective: tuple[tuple, torch.Tensor | None] | None = None
         self.last_steps = 0  # Euler steps of the latest integration (largest over its chunks)
+        self.last_iterations = 0  # Newton iterations of the latest solve (largest over chunks)
+        self.last_handed_to_euler = 0  # images of the latest solve that Newton left to Euler
         if similarity is not None:
             self.set_similarity(similarity)
         self._currents = _Currents()
@@ -655,9 +686,10 @@ class SSNLayer(nn.Module):
         return_trace: bool = False,
         record_every: int = 1,
     ) -> SSNResult:
-        """Integrate from r = 0 (or ``initial``) with drives ``h_e``, ``h_i`` (N, C, H, W).
+        """Steady state from r = 0 (or ``initial``) with drives ``h_e``, ``h_i`` (N, C, H, W).
 
-        Images are integrated in chunks; each image stops when it has converged. With
+        Images are solved in chunks (``params.solver``: Newton with Euler as fallback, or Euler
+        alone); each image stops when it has converged. With
         ``return_trace`` the time course is kept, every ``record_every`` steps and for every
         cell (mind the memory: frames × N × 2C × H × W floats); the batch is then integrated as
         one chunk and runs until all images have converged.
@@ -680,20 +712,42 @@ class SSNLayer(nn.Module):
             n = hs.shape[0]
             chunk = n if return_trace else max(1, CHUNK_ELEMENTS // max(1, hs[0].numel()))
             trace: list | None = [r.clone()] if return_trace else None
-            steps, relative = 0, 0.0
+            steps, relative, iterations, handed_to_euler = 0, 0.0, 0, 0
             for start in range(0, n, chunk):
                 part = slice(start, start + chunk)
-                s, rel = self._integrate_chunk(
-                    hs[part], r[part].clone(), out[part], trace, int(record_every)
-                )
-                steps, relative = max(steps, s), max(relative, rel)
+                if p.solver == "euler" or return_trace:
+                    s, rel = self._integrate_chunk(
+                        hs[part], r[part].clone(), out[part], trace, int(record_every)
+                    )
+                    steps, relative = max(steps, s), max(relative, rel)
+                    continue
+                it, rel, lost = newton_chunk(self, hs[part], r[part].clone(), out[part])
+                iterations, relative = max(iterations, it), max(relative, rel)
+                solved = torch.ones(hs[part].shape[0], dtype=torch.bool, device=hs.device)
+                solved[lost] = False
+                checked = torch.nonzero(solved).view(-1)
+                growing = checked[unstable_images(self, hs[part][checked], out[part][checked])]
+                lost = torch.cat([lost, growing])
+                if lost.numel():
+                    # the reference decides: it converges to the stable state or raises
+                    handed_to_euler += int(lost.numel())
+                    settled = torch.empty_like(hs[part][lost])
+                    s, rel = self._integrate_chunk(
+                        hs[part][lost], r[part][lost].clone(), settled, None
+                    )
+                    out[part][lost] = settled
+                    steps, relative = max(steps, s), max(relative, rel)
         self.last_steps = steps
+        self.last_iterations = iterations
+        self.last_handed_to_euler = handed_to_euler
         result = SSNResult(
             out[:, 0].contiguous(),
             out[:, 1].contiguous(),
             steps,
             steps * p.dt,
             relative_change=relative,
+            iterations=iterations,
+            handed_to_euler=handed_to_euler,
         )
         if trace is not None:
             stacked = torch.stack(trace)
@@ -723,8 +777,10 @@ class SSNLayer(nn.Module):
         (and ``grad_i``) at the steady state (r_E, r_I), by implicit differentiation.
 
         At the fixed point r = F(h + W r), with D = F′: dr = (1 − D W)⁻¹ D dh, so
-        ∂L/∂h = D u with u = g + Wᵀ D u. u is found by Euler-integrating
-        τ du/dt = −u + g + Wᵀ D u, which converges exactly when the fixed point is stable.
+        ∂L/∂h = D u with u = g + Wᵀ D u: one linear solve, by the Newton solver's preconditioned
+        iteration (:func:`bioattn.ssn.solver.adjoint_solve`) or, with ``solver="euler"`` or when
+        that does not converge, by Euler-integrating τ du/dt = −u + g + Wᵀ D u, which converges
+        exactly when the fixed point is stable.
         """
         p = self.params
         with torch.no_grad(), _integration_mode(2 * h_e.numel()):
@@ -737,6 +793,11 @@ class SSNLayer(nn.Module):
             g = torch.stack(
                 [grad_e.detach(), torch.zeros_like(grad_e) if grad_i is None else grad_i], dim=1
             ).to(r.dtype)
+            if p.solver == "newton":
+                solved, _relative = adjoint_solve(self, gain, g)
+                if solved is not None:
+                    grad = gain * solved
+                    return grad[:, 0], grad[:, 1]
             jmat = self._signed(r)
             shape = (1, 2, 1, 1, 1)
             alpha, inv_tau = _step_factors(p, r, shape)
