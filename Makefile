@@ -54,7 +54,7 @@ bench: setup
 
 # The README's screenshot of a report page (a demo results folder; default runs/demo).
 report-screenshot: setup browser
-	$(PY) scripts/report_screenshot.py $(or $(RUN),runs/demo) docs/report.png
+	$(PY) scripts/report_screenshot.py $(or $(RUN),runs/demo) docs/report.png --height 1500
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

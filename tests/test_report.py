@@ -218,3 +218,13 @@ def test_cueing_and_noise_folders(tmp_path):
     assert cueing.count("Plotly.newPlot(") == 1 and '"name":"valid"' in cueing
     noise = render_report(tmp_path / "noise")
     assert "Detection in noise: psychometric curves" in noise and "signal-to-noise ratio" in noise
+
+
+def test_mechanisms_folder_gets_its_bar_chart(tmp_path):
+    frame = pd.DataFrame({"image_type": ["array"] * 2, "mechanism": ["fsgm", "ram"],
+                          "tp": [0.8, 0.7], "tp_sem": [0.02, 0.03], "dprime": [1.5, 1.1],
+                          "dprime_sem": [0.1, 0.2], "n_categories": [10, 10]})  # fmt: skip
+    frame.to_csv(tmp_path / "comparison.csv", index=False)
+    page = render_report(tmp_path)
+    assert "Attention mechanisms compared: d′" in page and page.count("Plotly.newPlot(") == 1
+    assert '"type":"bar"' in page and "Attention mechanisms compared</h3>" in page

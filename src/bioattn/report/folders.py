@@ -395,6 +395,8 @@ def _plots(path: Path, tables: dict[str, pd.DataFrame]) -> list[Plot]:
     plots: list[Plot] = []
     layered = tables.get("effects.csv")
     spread = "95 % intervals over networks and categories"
+    if layered is not None and "n_networks" in layered.columns and layered["n_networks"].max() == 1:
+        spread = "95 % intervals over categories (one network)"
     if layered is None:
         layered = tables.get("summary.csv")
         spread = "mean ± SEM over categories"
@@ -433,8 +435,18 @@ def _plots(path: Path, tables: dict[str, pd.DataFrame]) -> list[Plot]:
             ))  # fmt: skip
     mechanisms = tables.get("comparison.csv")
     if mechanisms is not None and {"mechanism", "image_type"} <= set(mechanisms.columns):
-        value = next((c for c in ("mean_delta_pp", "delta_pp", "performance", "accuracy")
-                      if c in mechanisms.columns), None)  # fmt: skip
+        if {"dprime", "dprime_sem"} <= set(mechanisms.columns):
+            spread = mechanisms["dprime_sem"]
+            mechanisms = mechanisms.assign(
+                _low=mechanisms["dprime"] - spread, _high=mechanisms["dprime"] + spread
+            )
+            plots.append(Plot(
+                "Attention mechanisms compared: d′",
+                "d′ per mechanism and image type, mean ± SEM over categories; hover for values.",
+                rf.grouped_bars_figure(mechanisms, "mechanism", "dprime", "mechanism", "d′",
+                                       "_low", "_high"),
+            ))  # fmt: skip
+        value = next((c for c in ("mean_delta_pp", "delta_pp") if c in mechanisms.columns), None)
         if value is not None:
             plots.append(Plot(
                 "Attention mechanisms compared",

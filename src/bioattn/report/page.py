@@ -36,14 +36,14 @@ _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--ink);
   margin: 0 auto; padding: 1.2em 2em 4em; max-width: 1240px; line-height: 1.45; }
 h1 { font-size: 1.55em; margin: 0.2em 0 0.3em; }
-h2 { font-size: 1.25em; margin: 1.8em 0 0.6em; padding-bottom: 0.2em;
+h2 { font-size: 1.25em; margin: 1.3em 0 0.5em; padding-bottom: 0.2em;
   border-bottom: 1px solid var(--line); }
 h3 { font-size: 1.02em; margin: 1.2em 0 0.3em; }
 .facts { color: var(--muted); margin: 0 0 1em; font-size: 0.95em; }
 .muted, .note, figcaption { color: var(--muted); font-size: 0.88em; }
 table.findings { border-collapse: collapse; width: 100%; font-size: 0.9em; }
-table.findings td { border-top: 1px solid var(--line); padding: 0.35em 0.5em; vertical-align: top; }
-table.findings td:first-child { width: 8.5em; border-left: 5px solid #999; }
+table.findings td { border-top: 1px solid var(--line); padding: 0.25em 0.5em; vertical-align: top; }
+table.findings td:first-child { width: 11em; border-left: 5px solid #999; }
 table.findings td:nth-child(2) { width: 33%; line-height: 1.3; }
 tr.holds td:first-child { border-left-color: #2e7d32; }
 tr.does-not-hold td:first-child { border-left-color: #c62828; }
