@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench setup data clean
+.PHONY: demo test lint bench setup data browser report-screenshot clean
 
 setup: $(STAMP) data
 
@@ -28,11 +28,22 @@ data:
 		exit 1; \
 	fi
 
+# Chromium for the report's browser test (tests/test_report_browser.py, skipped without it).
+browser:
+	@if command -v chromium >/dev/null 2>&1 || [ -n "$$CHROMIUM" ]; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)); \
+	else \
+		echo "Chromium is missing: the report's browser test will be skipped. Install it with"; \
+		echo "'sudo apt-get install chromium' (or point CHROMIUM at a Chromium binary)."; \
+	fi
+
 demo: setup
 	$(VENV)/bin/bioattn demo
 
-test: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+test: setup browser
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(PY) -m pytest -q
 
 bench: setup
@@ -40,6 +51,10 @@ bench: setup
 	$(PY) benchmarks/recording.py
 	$(PY) benchmarks/architectures.py
 	$(PY) benchmarks/replication_time.py
+
+# The README's screenshot of a report page (a demo results folder; default runs/demo).
+report-screenshot: setup browser
+	$(PY) scripts/report_screenshot.py $(or $(RUN),runs/demo) docs/report.png --height 1500
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

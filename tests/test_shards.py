@@ -286,8 +286,11 @@ def test_report_is_self_contained_html(base, capsys):
 
     parser = Collector()
     parser.feed(page)
-    assert parser.sources and all(s.startswith("data:image/png;base64,") for s in parser.sources)
+    # every reference is embedded (data:) or a file beside the page, never a URL
+    local = [s for s in parser.sources if not s.startswith("data:")]
+    assert parser.sources and all((base / "reference" / s).is_file() for s in local)
     assert parser.tags.count("img") == 3 and "table" in parser.tags
+    assert page.count("Plotly.newPlot(") == 3  # by layer, d′/criterion by layer, β curves
     assert "performance_increase.png" in page and "Configuration (config.json)" in page
     assert "torch" in page  # versions from config.json
     assert main(["report", str(base / "nowhere")]) == 2

@@ -25,6 +25,7 @@ from bioattn.analysis.sdt import AnalysisError, layer_summary, with_dprime_crite
 
 __all__ = [
     "METHOD_COLORS",
+    "layer_order",
     "method_colors",
     "plot_dprime_criterion_vs_beta",
     "plot_performance_increase",
@@ -128,7 +129,7 @@ def _task_label(frame: pd.DataFrame) -> str:
     return ""
 
 
-def _layer_order(frame: pd.DataFrame) -> list[str]:
+def layer_order(frame: pd.DataFrame) -> list[str]:
     """Single layers (not "all") in network order (layer_number, else order of appearance)."""
     single = frame.loc[frame["layer"].astype(str) != _ALL_LAYER]
     if "layer_number" in single.columns:
@@ -170,7 +171,7 @@ def plot_performance_increase(summary: pd.DataFrame, out_stem: str | Path) -> li
         low, high = rows["ci_low_pp"].to_numpy(float), rows["ci_high_pp"].to_numpy(float)
         return np.vstack([mean - low, high - mean])
 
-    layers = _layer_order(summary)
+    layers = layer_order(summary)
     has_all = bool((summary["layer"].astype(str) == _ALL_LAYER).any())
     x_of = {layer: float(i) for i, layer in enumerate(layers)}
     x_all = len(layers) + 0.5 if layers else 0.0
@@ -250,7 +251,7 @@ def _select_layer(table: pd.DataFrame, layer: str | int | None) -> tuple[pd.Data
         single = table.loc[names != _ALL_LAYER]
         if single.empty:
             raise AnalysisError("the table has no single-layer rows; pass layer='all' explicitly")
-        order = _layer_order(single)
+        order = layer_order(single)
         chosen = order[-1]
     elif isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
         if "layer_number" not in table.columns:
@@ -267,7 +268,7 @@ def _select_layer(table: pd.DataFrame, layer: str | int | None) -> tuple[pd.Data
         if chosen not in set(names):
             raise AnalysisError(
                 f"layer {chosen!r} is not in the table; valid layers: "
-                f"{_layer_order(table) + ([_ALL_LAYER] if (names == _ALL_LAYER).any() else [])}"
+                f"{layer_order(table) + ([_ALL_LAYER] if (names == _ALL_LAYER).any() else [])}"
             )
     return table.loc[names == chosen], chosen
 

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Suffixes of ``--out`` values that name a file (anything else names a folder).
-FILE_OUTPUTS = (".nc", ".parquet", ".csv", ".json", ".safetensors")
+FILE_OUTPUTS = (".nc", ".parquet", ".csv", ".json", ".safetensors", ".html")
 #: Errors of writing that the user can fix (a full disk, no permission, a read-only system).
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
 

@@ -90,10 +90,18 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write a self-contained HTML report of a results folder."""
-    from bioattn.analysis.report import write_report
+    """Write a self-contained HTML report of a results folder, or compare several."""
+    from bioattn.report import write_comparison, write_report
 
-    print(write_report(args.run_dir))
+    if len(args.run_dir) == 1:
+        print(write_report(args.run_dir[0], out=args.out))
+        return 0
+    if args.out is None:
+        raise ConfigError(
+            f"{len(args.run_dir)} results folders make one comparison page; give its file "
+            "with --out, e.g. --out comparison.html"
+        )
+    print(write_comparison(args.run_dir, args.out))
     return 0
 
 
@@ -265,8 +273,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path, help="results folder of `bioattn sweep`")
     p.set_defaults(func=cmd_collect)
 
-    p = sub.add_parser("report", help="write RUN_DIR/report.html: figures, tables, config")
-    p.add_argument("run_dir", type=Path, help="results folder")
+    p = sub.add_parser(
+        "report",
+        help="write RUN_DIR/report.html (findings, interactive figures, tables); with several "
+        "folders, one page comparing them (--out)",
+    )
+    p.add_argument("run_dir", type=Path, nargs="+", help="results folder(s)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="HTML file to write (default RUN_DIR/report.html; required for several folders)",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("plot", help="draw the figures of a results folder")
