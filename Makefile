@@ -33,7 +33,7 @@ browser:
 	@if command -v chromium >/dev/null 2>&1 || [ -n "$$CHROMIUM" ]; then \
 		true; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		(apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)); \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || echo "Chromium could not be installed: the report's browser test will be skipped."); \
 	else \
 		echo "Chromium is missing: the report's browser test will be skipped. Install it with"; \
 		echo "'sudo apt-get install chromium' (or point CHROMIUM at a Chromium binary)."; \

@@ -11,7 +11,14 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from bioattn.analysis.findings import CLAIMS, comparisons, effects, method_tests, verdicts
+from bioattn.analysis.findings import (
+    CLAIMS,
+    comparisons,
+    effects,
+    method_tests,
+    verdicts,
+    with_reproduction,
+)
 from bioattn.analysis.sdt import AnalysisError, choose_betas, held_out_gains, performance_gains
 from bioattn.analysis.stats import (
     bootstrap_means,
@@ -278,6 +285,16 @@ def test_verdicts_do_not_hold_on_the_opposite_data():
     assert found["2"] == "does not hold"
     assert found["3"] == "does not hold"
     assert found["control"] == "does not hold"
+
+
+def test_an_ssn_run_decides_finding_6_from_its_findings_1_and_2():
+    paper = verdicts(with_reproduction(comparisons(_gains(_paper_like), n_boot=2000)))
+    paper = paper.set_index("finding")
+    assert paper.loc["6", "verdict"] == "holds"
+    assert paper.loc["6", "supporting"] == "4 of 4"  # 2 early layers (1) + 2 methods (2)
+    assert "finding 1: " in paper.loc["6", "evidence"]
+    flat = verdicts(with_reproduction(comparisons(_gains(lambda m, i: 3.0, seed=4), n_boot=2000)))
+    assert flat.set_index("finding").loc["6", "verdict"] == "does not hold"
 
 
 def test_pure_noise_gives_no_supported_comparison():

@@ -535,20 +535,15 @@ def test_cli_refuses_unstable_ssn_parameters_with_a_clear_message(tmp_path, caps
     assert "not a number" in capsys.readouterr().err
 
 
-def test_cli_reports_the_findings_of_a_summary() -> None:
-    from bioattn.cli.ssn import finding_lines
-    from bioattn.ssn.experiments import finding_checks
+def test_groups_whose_chosen_beta_failed_on_the_test_images_are_found() -> None:
+    from bioattn.ssn.experiments import _lost_groups
 
     rows = [
-        {"layer": f"conv{n}", "layer_number": n, "method": method, "mean_delta_pp": delta}
-        for n in (1, 2, 3, 4)
-        for method, delta in (("tuning", float(n)), ("gradient", 2.0 + 0.5 * n))
+        {"image_type": "merged", "category": "Bag", "layer": "conv1_1", "method": m, "beta": b}
+        for m, b in (("tuning", 0.0), ("tuning", 0.1), ("gradient", 0.0))
     ]
-    findings = finding_checks(pd.DataFrame(rows))
-    assert findings["finding1_gradient_minus_tuning_early_pp"] == {1: 1.5, 2: 1.0}
-    assert findings["finding2_tuning"]["replicates"]
-    (line,) = finding_lines({"ssn": findings})
-    assert line == (
-        "ssn: finding1 replicates: True, finding2_gradient replicates: True, "
-        "finding2_tuning replicates: True"
-    )
+    chosen = {
+        ("merged", "Bag", "conv1_1", "tuning"): 0.1,
+        ("merged", "Bag", "conv1_1", "gradient"): 0.4,  # its β = 0.4 row failed
+    }
+    assert _lost_groups(chosen, pd.DataFrame(rows)) == {("merged", "Bag", "conv1_1", "gradient")}

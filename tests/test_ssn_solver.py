@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bioattn.errors import ConfigError
-from bioattn.ssn import SSNInstabilityError, SSNLayer, SSNParams
+from bioattn.ssn import SSNInstabilityError, SSNLayer, SSNParams, ssn_blocks
 
 TIGHT = {"tol": 1e-10, "t_max": 20000.0}
 
@@ -131,3 +131,58 @@ def test_solver_settings_are_validated() -> None:
         SSNParams(damping=1.5)
     with pytest.raises(ConfigError, match="max_iterations"):
         SSNParams(max_iterations=0)
+
+
+# --- the benchmark's accuracy tables on a tiny SSN-CNN -------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_ssn():
+    from bioattn.attention.values import tuning_values
+    from bioattn.ssn import build_ssn_network
+    from tests.conftest import make_image_set, make_tiny_network
+
+    plain = make_tiny_network()
+    images = make_image_set(n_per_category=4)
+    values = tuning_values(plain, images)
+    ssn = build_ssn_network(
+        plain, "all", SSNParams(), similarity=values, reference_images=images.images
+    )
+    return plain, ssn, images.images[:12]
+
+
+def test_newton_states_are_within_1e_4_of_a_float64_solution(tiny_ssn) -> None:
+    from bioattn.ssn.convergence import state_accuracy
+
+    _plain, ssn, images = tiny_ssn
+    settings = (("newton", 2.0, 1e-6), ("euler", 2.0, 1e-4))
+    table = state_accuracy(ssn, images, settings).set_index(["setting", "layer"])
+    newton = table.loc["newton, dt=2 ms, tol=1e-06", "max_relative_state_deviation"]
+    loose = table.loc["euler, dt=2 ms, tol=0.0001", "max_relative_state_deviation"]
+    assert len(newton) == len(ssn_blocks(ssn)) and (newton < 1e-4).all()
+    assert (loose > newton).all()  # the table can tell a looser setting apart
+
+
+def test_convergence_table_compares_solvers_with_the_reference(tiny_ssn, tmp_path) -> None:
+    from bioattn.ssn.convergence import run_ssn_convergence
+
+    plain, ssn, images = tiny_ssn
+    settings = (("euler", 1.0, 1e-6), ("newton", 2.0, 1e-6))
+    table = run_ssn_convergence(tmp_path, plain, ssn, images, settings, progress=False)
+    newton = table[table["solver"] == "newton"].iloc[0]
+    assert newton["max_steps"] == 0 and newton["max_iterations"] > 0
+    assert newton["images_handed_to_euler"] == 0
+    assert newton["max_relative_state_deviation"] < 1e-3
+    assert newton["decision_changes"] == 0.0
+    assert (tmp_path / "convergence.csv").exists()
+
+
+def test_each_image_solves_independently_of_its_batch() -> None:
+    # mixed drives: some images converge fast, others need more iterations or damping; the
+    # solver's choices (damping, when to re-invert) are per image, so results agree to rounding
+    # (a shared choice made them differ by 1e-7)
+    layer = SSNLayer(3, SSNParams(n=2.5, k=0.01), _similarity(3)).double()
+    h = torch.cat([_drives((3, 3, 5, 4), seed=8), 3.0 * _drives((3, 3, 5, 4), seed=9)])
+    together = layer.steady_state(h, h * 0.8)
+    alone = [layer.steady_state(h[i : i + 1], h[i : i + 1] * 0.8) for i in range(h.shape[0])]
+    torch.testing.assert_close(
+        _stacked(together), torch.cat([_stacked(a) for a in alone]), rtol=1e-12, atol=1e-12
+    )

@@ -56,6 +56,7 @@ __all__ = [
     "format_findings",
     "method_tests",
     "verdicts",
+    "with_reproduction",
 ]
 
 #: Finding 3's tolerance: all layers at β/10 is "about as good" as the best single layer when
@@ -285,6 +286,16 @@ def _about_as_good(
     keep = f"{1 - ABOUT_AS_GOOD:g}"
     label = f"{method}: Δ all layers − {keep} × Δ best single layer ({layers}, {where})"
     return _compare("3", image_type, label, diff, "pp", n_boot, seed)
+
+
+def with_reproduction(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparisons of an SSN-CNN's run plus finding 6's: its finding 1 and 2 comparisons
+    again, under finding 6 ("the SSN-CNN reproduces findings 1 and 2"), so 6 holds when every
+    one of them supports its finding and does not hold when none does."""
+    again = table[table["finding"].isin(["1", "2"])].copy()
+    again["comparison"] = "finding " + again["finding"] + ": " + again["comparison"]
+    again["finding"] = "6"
+    return pd.concat([table[table["finding"] != "6"], again], ignore_index=True)
 
 
 def verdicts(table: pd.DataFrame) -> pd.DataFrame:

@@ -62,7 +62,7 @@ def ssn_params(args: argparse.Namespace) -> SSNParams:
                 f"--param {item!r}: expected NAME=VALUE with NAME one of {', '.join(names)}"
             )
         if kinds[name] in ("str", str):
-            overrides[name] = value.strip()
+            overrides[name] = value.strip().lower()
             continue
         try:
             overrides[name] = int(value) if kinds[name] in ("int", int) else float(value)
@@ -87,22 +87,9 @@ def _setup(args: argparse.Namespace) -> tuple[SSNParams, dict[str, Any]]:
     return params, given(data_dir=config.data.path or None, seed=args.subset_seed)
 
 
-def finding_lines(findings: dict[str, dict]) -> list[str]:
-    """One line per network: whether findings 1 and 2 replicate (``finding_checks`` output)."""
-    lines = []
-    for name, checks in findings.items():
-        verdicts = {"finding1": checks.get("finding1_replicates")}
-        verdicts.update(
-            (key, value["replicates"])
-            for key, value in checks.items()
-            if isinstance(value, dict) and "replicates" in value
-        )
-        lines.append(f"{name}: " + ", ".join(f"{k} replicates: {v}" for k, v in verdicts.items()))
-    return lines
-
-
 def cmd_ssn_replicate(args: argparse.Namespace) -> int:
     """Findings 1 and 2 on the SSN-CNN (attention as input current) next to the plain network."""
+    from bioattn.analysis.findings import format_findings
     from bioattn.analysis.sdt import format_summary
     from bioattn.ssn.experiments import run_ssn_replication
 
@@ -117,19 +104,23 @@ def cmd_ssn_replicate(args: argparse.Namespace) -> int:
     )
     if args.quick:
         options = {**QUICK_REPLICATION, **options}
-    if options.get("categories") == ("all",):
+    if tuple(c.lower() for c in options.get("categories") or ()) == ("all",):
         options["categories"] = None
     started = time.perf_counter()
     result = run_ssn_replication(
         args.out, params=params, fsgm_on_ssn=args.fsgm_on_ssn, **common, **options
     )
-    for name, key in (("SSN-CNN, input current", "ssn_summary"), ("plain, FSGM", "plain_summary")):
-        print(f"\n{name}: performance increase (pp, mean ± SEM across categories):")
-        print(format_summary(result[key]))
-    for line in finding_lines(result["findings"]):
-        print(line)
+    shown = [("SSN-CNN, input current", "ssn"), ("plain, FSGM", "plain")]
+    if args.fsgm_on_ssn:
+        shown.append(("SSN-CNN, FSGM", "ssn_fsgm"))
+    for name, key in shown:
+        print(f"\n{name}: performance increase, β chosen on selection images (pp, mean ± SEM")
+        print("across categories):")
+        print(format_summary(result[f"{key}_summary"]))
+        print(f"findings, verdicts computed from this run ({args.out / key / 'findings.csv'}):")
+        print(format_findings(result["verdicts"][key]))
     if result["failures"]:
-        print(f"{len(result['failures'])} conditions diverged (see config.json)")
+        print(f"{len(result['failures'])} conditions failed to settle (see config.json)")
     print(f"\nresults in {args.out}; took {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -247,7 +238,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run (about 8 min on 2 busy cores): Trouser and Bag, 20 + 20 images, "
+        help="smoke run (a few minutes on 2 cores): Trouser and Bag, 20 + 20 images, "
         "β 0,0.1,0.4, small value sets",
     )
     q.set_defaults(func=cmd_ssn_replicate)

@@ -38,7 +38,13 @@ from typing import Any
 
 import pandas as pd
 
-from bioattn.analysis.findings import comparisons, effects, method_tests, verdicts
+from bioattn.analysis.findings import (
+    comparisons,
+    effects,
+    method_tests,
+    verdicts,
+    with_reproduction,
+)
 from bioattn.analysis.sdt import choose_betas
 from bioattn.attention.values import compute_values, save_values
 from bioattn.data.fashion_mnist import load_fashion_mnist
@@ -145,12 +151,17 @@ def _verdict_dict(found: pd.DataFrame) -> dict[str, str]:
     return {str(row.finding): str(row.verdict) for row in found.itertuples()}
 
 
-def write_findings(gains: pd.DataFrame, out_dir: Path, seed: int = 0) -> pd.DataFrame:
+def write_findings(
+    gains: pd.DataFrame, out_dir: Path, seed: int = 0, ssn: bool = False
+) -> pd.DataFrame:
     """Write ``effects.csv``, ``comparisons.csv``, ``method_tests.csv`` and ``findings.csv``
     of held-out gains (one network, or several with a ``network`` column); return the
-    verdicts."""
+    verdicts. ``ssn``: the gains are an SSN-CNN's, so they also decide finding 6
+    (:func:`~bioattn.analysis.findings.with_reproduction`)."""
     out_dir = Path(out_dir)
     table = comparisons(gains, seed=seed)
+    if ssn:
+        table = with_reproduction(table)
     found = verdicts(table)
     write_csv(effects(gains, seed=seed), out_dir / "effects.csv")
     write_csv(table, out_dir / "comparisons.csv")

@@ -138,7 +138,9 @@ class _Session:
 def _page_target(port: int, deadline: float) -> str:
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:
+            # no proxy: a CI machine's http_proxy would otherwise be asked for 127.0.0.1
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:
                 targets = json.loads(r.read())
         except OSError:
             time.sleep(0.1)

@@ -1,8 +1,9 @@
 """Reading a results folder into what the report shows: a :class:`Section` per folder.
 
 A folder is recognised by the files it holds, not by the command that wrote it, so one reader
-serves every family: ``findings.csv`` (+ ``comparisons.csv``) or the SSN's ``findings.json``
-give verdicts; ``effects.csv`` or ``summary.csv`` the performance increase and Δd′/Δc by layer;
+serves every family: ``findings.csv`` (+ ``comparisons.csv``) gives verdicts (the SSN
+replication writes one per network folder, ``ssn/`` and ``plain/``); ``effects.csv`` or
+``summary.csv`` the performance increase and Δd′/Δc by layer;
 a long-form performance table (``selection.parquet``, ``performance.parquet``,
 ``cueing.parquet``, ``noise_detection.parquet``; for several networks their
 ``network-*/selection.parquet``) the curves against β or SNR; the mechanisms' ``comparison.csv``
@@ -337,48 +338,6 @@ def _split_comparisons(comparisons: list[str]) -> tuple[list[str], str]:
     return comparisons, ""
 
 
-def _ssn_findings(document: Any, path: Path) -> list[Finding]:
-    """Findings 1 and 2 of ``findings.json`` (:func:`bioattn.ssn.experiments.finding_checks`)."""
-    if not isinstance(document, dict):
-        raise DataError(f"{path} should hold an object of findings per condition; it holds "
-                        f"{type(document).__name__}")  # fmt: skip
-    out = []
-    for condition, checks in sorted(document.items()):
-        if not isinstance(checks, dict):
-            continue
-        if "finding1_replicates" in checks:
-            diffs = checks.get("finding1_gradient_minus_tuning_early_pp") or {}
-            evidence = tuple(
-                (f"layer {layer}", f"{format_number('delta_pp', d)} pp", "")
-                for layer, d in diffs.items()
-            )
-            out.append(Finding(
-                f"Finding 1 · {condition}", "gradient values beat tuning values at early layers",
-                "holds" if checks["finding1_replicates"] else "does not hold", "", evidence,
-                "Δ gradient − Δ tuning",
-            ))  # fmt: skip
-        methods = {k[len("finding2_"):]: v for k, v in checks.items()
-                   if k.startswith("finding2_") and isinstance(v, dict)}  # fmt: skip
-        if methods:
-            held = [bool(v.get("replicates")) for v in methods.values()]
-            verdict = "holds" if all(held) else "does not hold" if not any(held) else "mixed"
-            evidence = tuple(
-                (
-                    m,
-                    f"early {format_number('delta_pp', v.get('early_mean_pp'))} pp, late "
-                    f"{format_number('delta_pp', v.get('late_mean_pp'))} pp, slope "
-                    f"{format_number('delta_pp', v.get('slope_pp_per_layer'))} pp/layer",
-                    "supports" if v.get("replicates") else "does not support",
-                )
-                for m, v in methods.items()
-            )
-            out.append(Finding(
-                f"Finding 2 · {condition}", "gains are largest at later layers", verdict,
-                f"{sum(held)} of {len(held)} methods", evidence,
-            ))  # fmt: skip
-    return out
-
-
 # --- figures --------------------------------------------------------------------------------
 def _curve_table(path: Path) -> tuple[pd.DataFrame, str] | None:
     for name in CURVE_TABLES:
@@ -514,8 +473,6 @@ def read_folder(path: str | Path, title: str | None = None, depth: int = 0) -> S
     section = Section(path=path, title=title, config=config)
     if "findings.csv" in tables:
         section.findings = _findings(tables["findings.csv"], tables.get("comparisons.csv"))
-    if (path / "findings.json").exists():
-        section.findings += _ssn_findings(read_json(path / "findings.json"), path / "findings.json")
     section.plots = _plots(path, tables)
     section.effects = tables.get("effects.csv", tables.get("summary.csv"))
     if config is not None:

@@ -1,14 +1,16 @@
-"""Convergence and cost of the SSN-CNN: how the Euler step and tolerance change its outputs, and
-what an image costs compared with the plain network.
+"""Convergence and cost of the SSN-CNN: how the solver, Euler step and tolerance change its
+outputs, and what an image costs compared with the plain network.
 
-:func:`run_ssn_convergence` gives the table that justifies the default ``dt`` and ``tol``
-(docs/ssn.md); :func:`layer_costs` the time and Euler steps per SSN layer;
-:func:`time_per_image` the cost of a whole network. :func:`run_ssn_benchmark` runs all three on
-the default SSN-CNN (``bioattn ssn benchmark``, ``benchmarks/ssn.py``).
+:func:`run_ssn_convergence` gives the table that justifies the default solver, ``dt`` and
+``tol`` (docs/ssn.md); :func:`state_accuracy` each layer's steady state against a float64
+solution of the same drive; :func:`layer_costs` the time, Euler steps and Newton iterations per
+SSN layer; :func:`time_per_image` the cost of a whole network. :func:`run_ssn_benchmark` runs
+them all on the default SSN-CNN (``bioattn ssn benchmark``, ``benchmarks/ssn.py``).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import time
@@ -47,6 +49,7 @@ __all__ = [
     "layer_costs",
     "run_ssn_benchmark",
     "run_ssn_convergence",
+    "state_accuracy",
     "time_per_image",
 ]
 
@@ -181,6 +184,51 @@ def _deviation(values: torch.Tensor, reference: torch.Tensor) -> float:
     return float(((flat - ref).abs().amax(dim=1) / scale).max())
 
 
+def state_accuracy(
+    ssn_network: Network,
+    images: torch.Tensor,
+    settings: Sequence[tuple[str, float, float]] = CONVERGENCE_SETTINGS,
+    reference_tol: float = 1e-10,
+) -> pd.DataFrame:
+    """Each SSN layer's steady state under each setting against a float64 Euler solution of
+    the same drive to ``reference_tol`` (a fixed point does not depend on dt; the tolerance and
+    float32 rounding do).
+
+    Every layer gets the conv output of the network's own pass (default settings upstream), so
+    the table isolates each solver's error from its propagation. Columns: layer, setting,
+    ``max_relative_state_deviation`` (max over images of max |r − r_ref| / max r_ref, E and I
+    cells) and ``median_relative_state_deviation`` (median over images).
+    """
+    rows = []
+    for alias, block in ssn_blocks(ssn_network).items():
+        x = conv_output(ssn_network, alias, images)
+        tight = copy.deepcopy(block.ssn).double()
+        tight.params = replace(block.ssn.params, solver="euler", tol=reference_tol, t_max=50_000.0)
+        h_e, h_i = tight.drives(x.double())
+        exact = tight.steady_state(h_e, h_i)
+        reference = torch.stack([exact.r_e, exact.r_i], dim=1).flatten(1)
+        scale = reference.abs().amax(dim=1).clamp(min=1e-12)
+        own = block.ssn.params
+        try:
+            for solver, dt, tol in settings:
+                block.ssn.params = replace(own, solver=solver, dt=dt, tol=tol, t_max=4000.0)
+                h_e, h_i = block.ssn.drives(x)
+                result = block.ssn.steady_state(h_e, h_i)
+                state = torch.stack([result.r_e, result.r_i], dim=1).flatten(1).double()
+                per_image = (state - reference).abs().amax(dim=1) / scale
+                rows.append(
+                    {
+                        "layer": alias,
+                        "setting": f"{solver}, dt={dt:g} ms, tol={tol:g}",
+                        "max_relative_state_deviation": float(per_image.max()),
+                        "median_relative_state_deviation": float(per_image.median()),
+                    }
+                )
+        finally:
+            block.ssn.params = own
+    return pd.DataFrame(rows)
+
+
 def layer_costs(ssn_network: Network, images: torch.Tensor) -> pd.DataFrame:
     """Seconds per image, Euler steps and Newton iterations of each SSN layer for one pass over
     ``images``, with each solver (the layer's own settings otherwise)."""
@@ -217,7 +265,7 @@ def run_ssn_benchmark(
     n_images: int = 64,
     category: str = "Coat",
     repeats: int = 2,
-    settings: Sequence[tuple[float, float]] | None = None,
+    settings: Sequence[tuple[str, float, float]] | None = None,
     params: SSNParams | None = None,
     batch_size: int = 256,
     data_dir: str | Path | None = None,
@@ -266,6 +314,8 @@ def run_ssn_benchmark(
     tables = {"cost": pd.DataFrame(rows), "layer_costs": layer_costs(ssn_network, images)}
     if settings is None or len(settings) > 0:
         kwargs = {} if settings is None else {"settings": tuple(settings)}
+        tables["state_accuracy"] = state_accuracy(ssn_network, images, **kwargs)
+        tables["state_accuracy"].to_csv(out_dir / "state_accuracy.csv", index=False)
         tables["convergence"] = run_ssn_convergence(
             out_dir,
             network,

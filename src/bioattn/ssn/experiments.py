@@ -8,7 +8,8 @@
   (:data:`~bioattn.experiments.sweep.PERFORMANCE_COLUMNS`), so every summary and figure of
   :mod:`bioattn.analysis` works on it.
 * :func:`run_ssn_replication`: build and calibrate the SSN-CNN of the default network, re-fit its
-  detectors, compute its tuning and gradient values, sweep, and compare with the plain network.
+  detectors, compute its tuning and gradient values, sweep with β held out, and compare with the
+  plain network, findings' verdicts computed for both.
 
 Neural signatures are in :mod:`bioattn.ssn.signatures`, convergence and cost in
 :mod:`bioattn.ssn.convergence`.
@@ -18,26 +19,33 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
 from matplotlib.figure import Figure
 
-from bioattn.analysis.figures import method_colors, plot_performance_increase, save_figure
+from bioattn.analysis.figures import method_colors, save_figure
+from bioattn.analysis.sdt import choose_betas
 from bioattn.attention.rules import parse_rules
 from bioattn.attention.values import compute_values, save_values, tuning_values
 from bioattn.cache import atomic_write_bytes
 from bioattn.data.fashion_mnist import load_fashion_mnist
 from bioattn.data.imageset import ImageSet, balanced_subset, resolve_category
-from bioattn.errors import ConfigError
+from bioattn.data.tasks import TaskSet
 from bioattn.experiments.grid import ALL_LAYERS
-from bioattn.experiments.runfolder import write_run_config, write_tables
-from bioattn.experiments.sweep import COARSE_BETAS, SweepConfig, resolve_sweep, run_sweep
+from bioattn.experiments.replication import write_findings
+from bioattn.experiments.runfolder import plot_run, write_run_config, write_tables
+from bioattn.experiments.sweep import (
+    COARSE_BETAS,
+    SweepConfig,
+    build_selection_sets,
+    resolve_sweep,
+    run_sweep,
+)
 from bioattn.models.detectors import Detectors, evaluate_detectors
 from bioattn.models.network import Network
 from bioattn.models.train import load_default
@@ -54,27 +62,30 @@ from bioattn.ssn.layer import SSNParams
 #: typical unit's feedforward drive to a map with v = 1. (A pilot on two categories found the
 #: best β between 0.05 and 0.4; β = 1 lowered performance almost everywhere.)
 DEFAULT_SSN_BETAS = (0.0, 0.03, 0.1, 0.2, 0.4)
-#: The reduced replication: five of the ten categories (every other one), merged images.
-DEFAULT_SSN_CATEGORIES = ("T-shirt/top", "Pullover", "Coat", "Shirt", "Bag")
+#: Keys of the networks in ``findings.json`` (subfolder name → what was attended how).
+FINDINGS_KEYS = {"ssn": "ssn_input_current", "plain": "plain_fsgm", "ssn_fsgm": "ssn_fsgm"}
 
 
 def run_ssn_sweep(
     network: Network,
     detectors: Detectors,
     values: xr.Dataset,
-    test_images: ImageSet,
+    test_images: ImageSet | None,
     config: SweepConfig = SweepConfig(betas=DEFAULT_SSN_BETAS),
     attention: CurrentAttention = CurrentAttention(),
     progress: bool = True,
+    tasks: Mapping[tuple[str, str], TaskSet] | None = None,
+    chosen_betas: Mapping[tuple[str, str, str, str], float] | None = None,
 ) -> pd.DataFrame:
     """Sweep attention as input current on an SSN-CNN; returns the performance table.
 
     Same conditions, test sets, validation and columns as
     :func:`~bioattn.experiments.sweep.run_sweep` (``all_layers`` puts β/10 currents into every
-    SSN layer), with the current ``β·v·drive`` of :class:`CurrentAttention` in place of the
-    multiplicative gain. Methods: tuning, gradient, uniform and their shuffled / positive-only
-    variants; ``response-…`` is refused (a current is already additive). Every attended layer
-    must be an SSN layer.
+    SSN layer; ``tasks`` and ``chosen_betas`` as there: prebuilt task sets, e.g. selection
+    images, and β chosen on them), with the current ``β·v·drive`` of :class:`CurrentAttention`
+    in place of the multiplicative gain. Methods: tuning, gradient, uniform and their shuffled /
+    positive-only variants; ``response-…`` is refused (a current is already additive). Every
+    attended layer must be an SSN layer.
 
     A condition whose SSN diverges or does not converge is left out of the table (its β row is
     missing) and listed in ``table.attrs["ssn_failures"]`` with the error message.
@@ -84,10 +95,37 @@ def run_ssn_sweep(
     for layer in resolve_sweep(config, network, detectors, values).layers:
         ssn_layer(network, layer)  # raises with the list of SSN layers
     table = run_sweep(
-        network, detectors, values, test_images, config, progress, evaluator, every=ssn_layers
+        network,
+        detectors,
+        values,
+        test_images,
+        config,
+        progress,
+        evaluator,
+        tasks=tasks,
+        every=ssn_layers,
+        chosen_betas=chosen_betas,
     )
     table.attrs["ssn_failures"] = table.attrs.pop("failures")
     return table
+
+
+#: The columns that name a group of the held-out design (one chosen β each).
+GROUP = ["image_type", "category", "layer", "method"]
+
+
+def _lost_groups(
+    chosen: Mapping[tuple[str, str, str, str], float], table: pd.DataFrame
+) -> set[tuple[str, ...]]:
+    """Groups whose chosen β has no row in the test ``table`` (the SSN failed there)."""
+    present = set(
+        zip(*(table[c].astype(str) for c in GROUP), table["beta"].astype(float), strict=True)
+    )
+    return {
+        tuple(str(k) for k in key)
+        for key, beta in chosen.items()
+        if (*(str(k) for k in key), float(beta)) not in present
+    }
 
 
 # --- helpers shared by the experiments ---------------------------------------------------------
@@ -127,55 +165,6 @@ def build_default_ssn(
 
 
 # --- the replication ---------------------------------------------------------------------------
-def finding_checks(summary: pd.DataFrame, early: int = 2) -> dict[str, object]:
-    """Findings 1 and 2 from a layer summary (one image type, single layers only).
-
-    Finding 1: gradient beats tuning at the first ``early`` layers (mean Δ, pp). Finding 2:
-    gains grow with depth: the mean Δ of the last ``early`` layers exceeds that of the first
-    ``early``, for each method, and the least-squares slope of Δ vs layer number is positive.
-    """
-    if "image_type" in summary and summary["image_type"].nunique() > 1:
-        raise ConfigError(
-            "finding_checks takes one image type at a time; use findings_by_image_type"
-        )
-    single = summary.loc[summary["layer"].astype(str) != ALL_LAYERS]
-    out: dict[str, object] = {}
-    numbers = sorted(single["layer_number"].unique())
-    first, last = numbers[:early], numbers[-early:]
-    by_method = {
-        method: rows.set_index("layer_number")["mean_delta_pp"]
-        for method, rows in single.groupby("method")
-    }
-    if {"tuning", "gradient"} <= set(by_method):
-        g, t = by_method["gradient"], by_method["tuning"]
-        diffs = {int(n): float(g[n] - t[n]) for n in first if n in g and n in t}
-        out["finding1_gradient_minus_tuning_early_pp"] = diffs
-        out["finding1_replicates"] = bool(diffs) and all(d > 0 for d in diffs.values())
-    for method, series in by_method.items():
-        early_mean = float(series[[n for n in first if n in series]].mean())
-        late_mean = float(series[[n for n in last if n in series]].mean())
-        x = np.asarray(series.index, dtype=float)
-        slope = float(np.polyfit(x, series.to_numpy(float), 1)[0]) if len(x) > 1 else 0.0
-        out[f"finding2_{method}"] = {
-            "early_mean_pp": early_mean,
-            "late_mean_pp": late_mean,
-            "slope_pp_per_layer": slope,
-            "replicates": bool(late_mean > early_mean and slope > 0),
-        }
-    return out
-
-
-def findings_by_image_type(name: str, summary: pd.DataFrame) -> dict[str, dict[str, object]]:
-    """:func:`finding_checks` per image type, keyed ``name`` (one type) or ``name (type)``."""
-    types = sorted(str(t) for t in summary["image_type"].unique())
-    return {
-        (name if len(types) == 1 else f"{name} ({t})"): finding_checks(
-            summary.loc[summary["image_type"].astype(str) == t]
-        )
-        for t in types
-    }
-
-
 def plot_comparison(plain: pd.DataFrame, ssn: pd.DataFrame, stem: str | Path) -> list[Path]:
     """Side by side: performance increase by layer, plain network (FSGM) and SSN-CNN (current).
 
@@ -218,13 +207,13 @@ def plot_comparison(plain: pd.DataFrame, ssn: pd.DataFrame, stem: str | Path) ->
 
 def run_ssn_replication(
     out_dir: str | Path,
-    categories: Sequence[str] | None = DEFAULT_SSN_CATEGORIES,
-    image_types: Sequence[str] = ("merged",),
+    categories: Sequence[str] | None = None,
+    image_types: Sequence[str] = ("merged", "array"),
     layers: Sequence[str] | str | None = "all",
     ssn_betas: Sequence[float] = DEFAULT_SSN_BETAS,
     methods: Sequence[str] = ("tuning", "gradient"),
-    n_pos: int = 50,
-    n_neg: int = 50,
+    n_pos: int = 75,
+    n_neg: int = 75,
     params: SSNParams | None = None,
     attention: CurrentAttention = CurrentAttention(),
     n_reference_per_category: int = 10,
@@ -251,13 +240,18 @@ def run_ssn_replication(
        ``n_check_per_category`` test images per category.
     4. Sweep attention as input current (:func:`run_ssn_sweep`, β in ``ssn_betas``) and the
        plain network's multiplicative FSGM (:func:`~bioattn.experiments.sweep.run_sweep`,
-       default β grid) on the same test sets; with ``fsgm_on_ssn`` also multiplicative FSGM on
-       the SSN-CNN.
+       β in :data:`~bioattn.experiments.sweep.COARSE_BETAS`), each with the held-out design of
+       :func:`~bioattn.experiments.replication.run_replication`: β chosen per (image type,
+       category, layer, method) on selection images of the training split, Δ measured on the
+       test images at that β; with ``fsgm_on_ssn`` also multiplicative FSGM on the SSN-CNN.
+    5. Effects with intervals over categories and the findings' verdicts per network
+       (:func:`~bioattn.experiments.replication.write_findings`).
 
     Writes under ``out_dir``: ``ssn/`` and ``plain/`` (and ``ssn_fsgm/``) results folders
-    (performance.parquet, gains.csv, summary.csv, figures), ``ssn_values.nc``,
-    ``comparison.png``/``.svg``, ``findings.json`` and ``config.json``. Returns the summaries,
-    the findings and the timings.
+    (selection.parquet, performance.parquet, gains.csv, summary.csv, effects.csv,
+    comparisons.csv, method_tests.csv, findings.csv, figures), ``ssn_values.nc``,
+    ``comparison.png``/``.svg``, ``findings.json`` (verdicts per network) and ``config.json``.
+    Returns the summaries, the verdicts and the timings.
     """
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
@@ -343,36 +337,67 @@ def run_ssn_replication(
         n_neg=n_neg,
         seed=seed,
     )
-    step = time.perf_counter()
-    ssn_config = replace(base, betas=tuple(ssn_betas))
-    ssn_table = run_ssn_sweep(
-        ssn_network, ssn_detectors, ssn_values, test, ssn_config, attention, progress
+    selection_sets = build_selection_sets(
+        train, list(ssn_detectors.categories) if categories is None else categories, base
     )
-    failures = ssn_table.attrs.get("ssn_failures", [])
-    _, ssn_summary = write_tables(ssn_table, out_dir / "ssn")
-    timings["ssn_sweep"] = time.perf_counter() - step
 
-    step = time.perf_counter()
-    plain_table = run_sweep(network, detectors, plain_values, test, base, progress)
-    _, plain_summary = write_tables(plain_table, out_dir / "plain")
-    timings["plain_sweep"] = time.perf_counter() - step
+    def held_out(name: str, sweep, config: SweepConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """β chosen on the selection images, Δ on the test images; tables and findings."""
+        step = time.perf_counter()
+        selection = sweep(None, config, tasks=selection_sets)
+        chosen = choose_betas(selection)
+        table = sweep(test, config, chosen_betas=chosen)
+        for stage, part in (("selection", selection), ("test", table)):
+            for failure in part.attrs.get("ssn_failures", part.attrs.get("failures", [])):
+                failures.append({"network": name, "images": stage, "failure": failure})
+        lost = _lost_groups(chosen, table)
+        if lost:
+            # the SSN settled on the selection images at that β but not on a test image:
+            # the group has no held-out gain (listed), the others keep theirs
+            keys = selection[GROUP].astype(str).apply(tuple, axis=1)
+            selection = selection.loc[~keys.isin(lost)]
+            failures.extend(
+                {"network": name, "images": "test", "failure": f"group {key} lost: no test "
+                 "row at its chosen β"} for key in sorted(lost)
+            )  # fmt: skip
+        gains, summary = write_tables(table, out_dir / name, selection=selection)
+        verdicts[name] = write_findings(gains, out_dir / name, seed=seed, ssn=name == "ssn")
+        figures.extend(plot_run(out_dir / name))
+        timings[f"{name}_sweeps"] = time.perf_counter() - step
+        return gains, summary
 
-    figures = plot_performance_increase(ssn_summary, out_dir / "ssn" / "performance_increase")
-    figures += plot_performance_increase(plain_summary, out_dir / "plain" / "performance_increase")
-    findings = {
-        **findings_by_image_type("ssn_input_current", ssn_summary),
-        **findings_by_image_type("plain_fsgm", plain_summary),
-    }
+    failures: list = []
+    verdicts: dict[str, pd.DataFrame] = {}
+    figures: list[Path] = []
+    _, ssn_summary = held_out(
+        "ssn",
+        lambda images, config, **kw: run_ssn_sweep(
+            ssn_network, ssn_detectors, ssn_values, images, config, attention, progress, **kw
+        ),
+        replace(base, betas=tuple(ssn_betas)),
+    )
+    _, plain_summary = held_out(
+        "plain",
+        lambda images, config, **kw: run_sweep(
+            network, detectors, plain_values, images, config, progress, **kw
+        ),
+        base,
+    )
     fsgm_summary = None
     if fsgm_on_ssn:
-        step = time.perf_counter()
-        fsgm_table = run_sweep(ssn_network, ssn_detectors, ssn_values, test, base, progress)
-        _, fsgm_summary = write_tables(fsgm_table, out_dir / "ssn_fsgm")
-        figures += plot_performance_increase(
-            fsgm_summary, out_dir / "ssn_fsgm" / "performance_increase"
+        _, fsgm_summary = held_out(
+            "ssn_fsgm",
+            lambda images, config, **kw: run_sweep(
+                ssn_network, ssn_detectors, ssn_values, images, config, progress, **kw
+            ),
+            base,
         )
-        findings.update(findings_by_image_type("ssn_fsgm", fsgm_summary))
-        timings["ssn_fsgm_sweep"] = time.perf_counter() - step
+    findings = {
+        FINDINGS_KEYS.get(name, name): {
+            str(row.finding): str(row.verdict) for row in table.itertuples()
+        }
+        for name, table in verdicts.items()
+    }
     figures += plot_comparison(plain_summary, ssn_summary, out_dir / "comparison")
     timings["total"] = time.perf_counter() - started
     write_json(out_dir / "findings.json", findings)
@@ -401,6 +426,7 @@ def run_ssn_replication(
         "plain_summary": plain_summary,
         "ssn_fsgm_summary": fsgm_summary,
         "findings": findings,
+        "verdicts": verdicts,
         "accuracy": accuracy,
         "failures": failures,
         "figures": figures,
@@ -432,10 +458,9 @@ def summary_table(summary: pd.DataFrame) -> str:
 __all__ = [
     "ATTENTION_TARGETS",
     "DEFAULT_SSN_BETAS",
-    "DEFAULT_SSN_CATEGORIES",
+    "FINDINGS_KEYS",
     "CurrentAttention",
     "build_default_ssn",
-    "finding_checks",
     "plot_comparison",
     "run_ssn_replication",
     "run_ssn_sweep",

@@ -31,6 +31,11 @@ the two commute. E and I rates are kept stacked, (N, 2, C, H, W), so one mixing,
 convolution and one batched 2×2 product give all four pathways.
 :meth:`SSNLayer.dense_weights` builds the dense matrices for checks.
 
+Steady states are found by the cell-local Newton solver of :mod:`bioattn.ssn.solver` (default,
+``SSNParams.solver = "newton"``), which stops at the same relative rate of change as Euler,
+checks each solution's stability and hands any image it cannot settle to Euler; Euler alone
+(``"euler"``) is the reference and gives time courses.
+
 Integration is forward Euler with step ``dt`` (ms) from r = 0 until the relative rate of change
 ``max|Δr| / (dt · max(max r, 1e-3))`` falls below ``tol`` (per ms) for every image, checked every
 ``check_every`` steps, or until ``t_max`` ms, whichever comes first. Rates that become non-finite
@@ -38,8 +43,10 @@ or exceed ``rate_cap``, and integrations that do not converge by ``t_max``, rais
 :class:`SSNInstabilityError` naming the parameters; NaN is never returned.
 
 Gradients (needed for gradient values) are computed at the steady state by implicit
-differentiation: the adjoint of the linearised fixed-point equation is integrated with the same
-Euler scheme, which converges exactly when the fixed point is stable.
+differentiation: one linear solve of the adjoint of the linearised fixed-point equation, by the
+solver's preconditioned iteration or (with ``solver="euler"`` or when that does not converge)
+by integrating it with the same Euler scheme, which converges exactly when the fixed point is
+stable.
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ from torch import nn
 from bioattn.attention.gains import as_nchw
 from bioattn.errors import BioattnError, ConfigError
 from bioattn.ssn.kernels import Grid, build_grid, gaussian_matrix, kernel_spectrum
-from bioattn.ssn.solver import adjoint_solve, newton_chunk, unstable_images
+from bioattn.ssn.solver import adjoint_solve, gain_of, newton_chunk, unstable_images
 
 #: Rates below this (Hz) count as silence when judging the relative change.
 RATE_FLOOR = 1e-3
@@ -139,7 +146,7 @@ class SSNParams:
     solver: str = "newton"
     max_iterations: int = 200
     damping: float = 0.9
-    verify_periods: float = 4.0
+    verify_periods: float = 8.0
 
     def __post_init__(self) -> None:
         for name in ("k", "tau_e", "tau_i", "dt", "tol", "t_max", "rate_cap", "truncate"):
@@ -177,7 +184,7 @@ class SSNParams:
             raise ConfigError(
                 f"SSNParams.solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}"
             )
-        if int(self.max_iterations) < 1:
+        if not isinstance(self.max_iterations, int) or self.max_iterations < 1:
             raise ConfigError(f"SSNParams.max_iterations must be >= 1, got {self.max_iterations}")
         if not (math.isfinite(self.verify_periods) and self.verify_periods > 0):
             raise ConfigError(
@@ -242,7 +249,7 @@ class SSNParams:
             f"drive={self.drive:g}, input_ratio_i={self.input_ratio_i:g}, dt={self.dt:g}"
         )
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | int | str]:
         """Plain-dict form for config files."""
         return asdict(self)
 
@@ -789,7 +796,7 @@ class SSNLayer(nn.Module):
             r = torch.stack([r_e, r_i], dim=1).detach()
             drive = self._apply_lateral(r, self._signed(r, c), base=hs).clamp_(min=0.0)
             # D = dF/dI = n·k·[I]₊ⁿ⁻¹ = n·c·[c·I]₊ⁿ⁻¹
-            gain = drive.mul_(p.n * c) if p.n == 2 else drive.pow_(p.n - 1).mul_(p.n * c)
+            gain = gain_of(drive, p.n).mul_(c)
             g = torch.stack(
                 [grad_e.detach(), torch.zeros_like(grad_e) if grad_i is None else grad_i], dim=1
             ).to(r.dtype)

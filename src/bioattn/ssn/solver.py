@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bioattn.ssn.kernels import kernel_spectrum
+
 if TYPE_CHECKING:
     from bioattn.ssn.layer import SSNLayer
 
@@ -56,6 +58,12 @@ DET_FLOOR = 0.05
 #: A perturbation whose norm grows by more than this factor over the second half of the
 #: verification steps counts as growing.
 GROWTH_TOLERANCE = 1e-3
+#: Once every image's relative change is below LAG_BELOW, the local blocks are re-inverted only
+#: every REFRESH_EVERY iterations (and whenever a residual grew): the gains then change little
+#: from one iteration to the next, and the inverse is only a preconditioner, so a slightly old
+#: one changes the path, not the fixed point.
+LAG_BELOW = 1e-3
+REFRESH_EVERY = 3
 #: Seed of the perturbation used by the stability check (deterministic results).
 VERIFY_SEED = 1234
 
@@ -78,38 +86,52 @@ def self_weights(layer: SSNLayer, like: torch.Tensor) -> torch.Tensor:
     return jmat * diagonal.view(1, 1, 1, -1, 1, 1) * inv_z
 
 
-def _gain(drive: torch.Tensor, n: float) -> torch.Tensor:
-    """F′ = n·[x]₊ⁿ⁻¹ of the folded rate function at the folded drive (already rectified)."""
-    return drive * n if n == 2 else drive.pow(n - 1) * n
+def gain_of(drive: torch.Tensor, n: float) -> torch.Tensor:
+    """F′ = n·[x]₊ⁿ⁻¹ of the folded rate function at the folded drive (already rectified);
+    0 for silent cells, also for n = 1 (where 0⁰ would give 1)."""
+    if n == 2:
+        return drive * n
+    gain = drive.pow(n - 1) * n
+    return gain if n > 1 else torch.where(drive > 0, gain, torch.zeros_like(gain))
 
 
-def _local_step(
-    gain: torch.Tensor,
-    k_self: torch.Tensor,
-    residual: torch.Tensor,
-    fallback: torch.Tensor,
-    transpose: bool = False,
+def local_inverse(
+    gain: torch.Tensor, k_self: torch.Tensor, fallback: torch.Tensor, transpose: bool = False
 ) -> torch.Tensor:
-    """(1 − M)⁻¹ residual per cell (or (1 − M)⁻ᵀ), M_ab = gain_a · k_self_ab.
+    """(N, 2, 2, C, H, W): per cell the inverse of 1 − M (or of its transpose),
+    M_ab = gain_a · k_self_ab.
 
-    Cells whose block is near-singular (det < :data:`DET_FLOOR`) take ``fallback`` instead.
-    Written with in-place operations: this runs once per iteration on the whole state.
+    Cells whose block is near-singular (det < :data:`DET_FLOOR`) get ``diag(fallback)`` (an
+    Euler step) instead. Written to keep the passes over the state few: this runs on the whole
+    state every few iterations.
     """
     g_e, g_i = gain[:, 0], gain[:, 1]
-    a = torch.mul(g_e, k_self[:, 0, 0]).neg_().add_(1.0)  # 1 − M_EE
-    d = torch.mul(g_i, k_self[:, 1, 1]).neg_().add_(1.0)  # 1 − M_II
-    b = torch.mul(g_e, k_self[:, 0, 1]).neg_()  # −M_EI
-    c = torch.mul(g_i, k_self[:, 1, 0]).neg_()  # −M_IE
-    if transpose:
-        b, c = c, b
-    det = torch.mul(a, d).sub_(b * c)
-    r_e, r_i = residual[:, 0], residual[:, 1]
-    step = torch.stack([d.mul_(r_e).sub_(b.mul_(r_i)), a.mul_(r_i).sub_(c.mul_(r_e))], dim=1)
+    m_ee, m_ei = g_e * k_self[:, 0, 0], g_e * k_self[:, 0, 1]
+    m_ie, m_ii = g_i * k_self[:, 1, 0], g_i * k_self[:, 1, 1]
+    # det(1 − M) = (1 − M_EE)(1 − M_II) − M_EI·M_IE
+    det = (1.0 - m_ee).mul_(1.0 - m_ii).sub_(m_ei * m_ie)
     usable = det > DET_FLOOR
+    inv_det = torch.where(usable, det, torch.ones_like(det)).reciprocal_()
+    off_e, off_i = (m_ie, m_ei) if transpose else (m_ei, m_ie)
+    inverse = torch.stack(
+        [
+            torch.stack([(1.0 - m_ii).mul_(inv_det), off_e.mul_(inv_det)], dim=1),
+            torch.stack([off_i.mul_(inv_det), (1.0 - m_ee).mul_(inv_det)], dim=1),
+        ],
+        dim=1,
+    )
     if bool(usable.all()):
-        return step.div_(det.unsqueeze(1))
-    det = torch.where(usable, det, torch.ones_like(det))
-    return torch.where(usable.unsqueeze(1), step.div_(det.unsqueeze(1)), fallback)
+        return inverse
+    euler = torch.zeros_like(inverse)
+    euler[:, 0, 0] = fallback[:, 0]
+    euler[:, 1, 1] = fallback[:, 1]
+    return torch.where(usable.view(usable.shape[0], 1, 1, *usable.shape[1:]), inverse, euler)
+
+
+def _apply_inverse(inverse: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Per cell, the 2×2 ``inverse`` (N, 2, 2, C, H, W) times ``residual`` (N, 2, C, H, W)."""
+    step = inverse[:, :, 0] * residual[:, 0:1]
+    return step.addcmul_(inverse[:, :, 1], residual[:, 1:2])
 
 
 def newton_chunk(
@@ -137,6 +159,7 @@ def newton_chunk(
     # overshoot far when the power law is steep), grown back towards ``damping`` otherwise
     omega = torch.full((r.shape[0],), float(p.damping), dtype=r.dtype, device=r.device)
     previous = torch.full((r.shape[0],), math.inf, dtype=r.dtype, device=r.device)
+    inverse: torch.Tensor | None = None
     for iteration in range(1, int(p.max_iterations) + 1):
         drive = layer._apply_lateral(r, jmat, base=hs).clamp_(min=0.0)
         residual = (drive.square() if p.n == 2 else drive.pow(p.n)).sub_(r)
@@ -158,15 +181,48 @@ def newton_chunk(
             active, r, hs = active[keep], r[keep], hs[keep]
             drive, residual = drive[keep], residual[keep]
             omega, previous, relative = omega[keep], previous[keep], relative[keep]
+            if inverse is not None:
+                inverse = inverse[keep]
         grew = relative > previous
         omega = torch.where(grew, omega * 0.5, (omega * 1.5).clamp(max=float(p.damping)))
         previous = relative
-        step = _local_step(_gain(drive, p.n), k_self, residual, residual * alpha)
+        # per image (every image of a chunk starts together, so ``iteration`` is its own
+        # count): the path of one image never depends on the others
+        fallback = alpha.expand(1, 2, *r.shape[2:])
+        if inverse is None:
+            inverse = local_inverse(gain_of(drive, p.n), k_self, fallback)
+        else:
+            stale = (relative > LAG_BELOW) | grew
+            if iteration % REFRESH_EVERY == 0:
+                stale[:] = True
+            if bool(stale.all()):
+                inverse = local_inverse(gain_of(drive, p.n), k_self, fallback)
+            elif bool(stale.any()):
+                inverse[stale] = local_inverse(gain_of(drive[stale], p.n), k_self, fallback)
+        step = _apply_inverse(inverse, residual)
         r = r.addcmul_(step, omega.view(-1, 1, 1, 1, 1)).clamp_(min=0.0)
     if active.numel():
         failed.append(active)
     lost = torch.cat(failed) if failed else active[:0]
     return iterations, relative_done, lost
+
+
+def _pattern_weights(layer: SSNLayer) -> list[list[list[float]]]:
+    """The signed folded 2×2 weights c·J_ab·λ_ab seen by the two extreme patterns of activity:
+    uniform (λ = 1) and the finest, a checkerboard across positions in the least similar
+    pattern of maps (λ_ab = (1 − m)·ĝ_ab(π)², the smallest factor the lateral weights give)."""
+    p = layer.params
+    c = p.k ** (1.0 / p.n)
+    signed = (p.weight_matrix() * c).tolist()
+    finest = []
+    for a, row in enumerate(signed):
+        out_row = []
+        for b, weight in enumerate(row):
+            sigma = getattr(p, f"sigma_{'ei'[a]}{'ei'[b]}")
+            spectrum = float(kernel_spectrum(sigma, p.truncate, torch.tensor([math.pi]))[0])
+            out_row.append(weight * (1.0 - p.map_mixing) * spectrum**2)
+        finest.append(out_row)
+    return [signed, finest]
 
 
 def unstable_images(layer: SSNLayer, hs: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -175,17 +231,20 @@ def unstable_images(layer: SSNLayer, hs: torch.Tensor, r: torch.Tensor) -> torch
     A root solver converges to an unstable fixed point as readily as to a stable one, so every
     solution is checked, in two stages:
 
-    1. *each cell with its own gains*: the two-population linearisation T⁻¹(−1 + D J) with the
-       cell's gains D_E, D_I and the total weights J (exact if its neighbours shared its gains)
-       must have trace < 0 and det > 0. This is cheap and conservative: a strongly driven cell
-       among weakly driven neighbours can fail it although the network is stable.
+    1. *each cell with its own gains*: the two-population linearisation T⁻¹(−1 + D J_λ) with
+       the cell's gains D_E, D_I must have trace < 0 and det > 0, for the weights J_λ of the
+       uniform pattern and of the finest one (:func:`_pattern_weights`). Exact for a cell whose
+       neighbours share its gains; a strongly driven cell among weakly driven neighbours can
+       fail it although the network is stable (a false alarm costs only time).
     2. images with a failing cell get a power iteration of the linearised Euler map
-       v ← v + α(−v + D W v), started on the failing cells, for ``verify_time`` =
-       ``verify_periods``·max(τ_E, τ_I) ms; if the perturbation grows over the second half of
-       that time the image counts as unstable.
+       v ← v + α(−v + D W v), started on the failing cells, over ``verify_periods`` ×
+       max(τ_E, τ_I) ms; if the perturbation grows over the second half of that time the
+       image counts as unstable (a window long enough to span the slow E–I oscillations an
+       unstable focus grows by, and for the slowest decaying mode, τ ≈ 3 τ_E, to have faded).
 
     Checks that pass are not a proof for every pattern (that would need the rightmost
-    eigenvalue of the full Jacobian); ``solver="euler"`` is the reference when in doubt.
+    eigenvalue of the full Jacobian); ``solver="euler"`` is the reference when in doubt. Each
+    image's verdict depends on that image only.
     """
     p = layer.params
     none = torch.zeros(0, dtype=torch.long, device=r.device)
@@ -193,31 +252,33 @@ def unstable_images(layer: SSNLayer, hs: torch.Tensor, r: torch.Tensor) -> torch
         return none
     jmat = layer._signed(r, p.k ** (1.0 / p.n))
     drive = layer._apply_lateral(r, jmat, base=hs).clamp_(min=0.0)
-    gain = _gain(drive, p.n)
+    gain = gain_of(drive, p.n)
     g_e, g_i = gain[:, 0], gain[:, 1]
-    m_ee, m_ei = g_e * float(jmat[0, 0]), g_e * float(jmat[0, 1])
-    m_ie, m_ii = g_i * float(jmat[1, 0]), g_i * float(jmat[1, 1])
-    trace = (m_ee - 1.0) / p.tau_e + (m_ii - 1.0) / p.tau_i
-    det = (m_ee - 1.0) * (m_ii - 1.0) - m_ei * m_ie
-    failing = (trace >= 0) | (det <= 0)  # (N, C, H, W)
+    failing = torch.zeros_like(g_e, dtype=torch.bool)
+    for weights in _pattern_weights(layer):
+        m_ee, m_ei = g_e * weights[0][0], g_e * weights[0][1]
+        m_ie, m_ii = g_i * weights[1][0], g_i * weights[1][1]
+        trace = (m_ee - 1.0) / p.tau_e + (m_ii - 1.0) / p.tau_i
+        det = (m_ee - 1.0) * (m_ii - 1.0) - m_ei * m_ie
+        failing |= (trace >= 0) | (det <= 0)  # (N, C, H, W)
     suspects = torch.nonzero(failing.flatten(1).any(dim=1)).view(-1)
     if suspects.numel() == 0:
         return none
     gain, failing = gain[suspects], failing[suspects]
     alpha = torch.tensor([p.dt / p.tau_e, p.dt / p.tau_i], dtype=r.dtype, device=r.device)
     alpha = alpha.view(1, 2, 1, 1, 1)
+    # one perturbation pattern for every image, so an image's verdict ignores its batch
     generator = torch.Generator(device="cpu").manual_seed(VERIFY_SEED)
-    v = torch.randn(gain.shape, generator=generator, dtype=r.dtype).to(r.device)
-    v = v * failing.unsqueeze(1)
+    pattern = torch.randn((1, *gain.shape[1:]), generator=generator, dtype=r.dtype)
+    v = pattern.to(r.device) * failing.unsqueeze(1)
     dims = tuple(range(1, v.ndim))
-    steps = max(2, math.ceil(p.verify_periods * max(p.tau_e, p.tau_i) / p.dt))
-    middle = torch.ones(v.shape[0], dtype=r.dtype, device=r.device)
+    steps = max(4, math.ceil(p.verify_periods * max(p.tau_e, p.tau_i) / p.dt))
+    half = steps // 2
     for step in range(1, steps + 1):
         change = (gain * layer._apply_lateral(v, jmat)).sub_(v)
         v = v.addcmul_(change, alpha)
-        if step == steps // 2:
-            middle = v.square().sum(dim=dims).sqrt()
-            v = v / middle.clamp(min=1e-30).view(-1, 1, 1, 1, 1)
+        if step == half:
+            v = v / v.square().sum(dim=dims).sqrt().clamp(min=1e-30).view(-1, 1, 1, 1, 1)
     growth = v.square().sum(dim=dims).sqrt()  # over the second half, from norm 1
     grows = ~torch.isfinite(growth) | (growth > 1.0 + GROWTH_TOLERANCE)
     return suspects[grows]
@@ -243,6 +304,9 @@ def adjoint_solve(
     dims = tuple(range(1, g.ndim))
     u = g.clone()
     relative = math.inf
+    # (1 − Wᵀ D) has the local block (1 − D W_self)ᵀ, with D on the rows of W_self; the
+    # problem is linear, so one inverse serves every iteration
+    inverse = local_inverse(gain, k_self, alpha.expand(1, 2, *g.shape[2:]), transpose=True)
     for _ in range(int(p.max_iterations)):
         residual = layer._apply_lateral_transpose(gain * u, jmat).add_(g).sub_(u)
         top = u.abs().amax(dim=dims).clamp(min=1e-30)
@@ -251,9 +315,5 @@ def adjoint_solve(
             return None, relative
         if relative < p.tol:
             return u, relative
-        # (1 − Wᵀ D) has the local block (1 − D W_self)ᵀ, with D on the rows of W_self
-        u = u.add_(
-            _local_step(gain, k_self, residual, residual * alpha, transpose=True),
-            alpha=p.damping,
-        )
+        u = u.add_(_apply_inverse(inverse, residual), alpha=p.damping)
     return None, relative
