@@ -12,8 +12,8 @@ W_self is the weight a cell gets from the E and I cells at its own position of i
 J_ab · S_eff(k, k) · G_b(0)/Z_b(y, x). That block holds the fast, strong E–I interaction that
 forces Euler to small steps (τ_I = 10 ms) while the slowest mode (≈ 60 ms) sets how many it
 needs; the lateral remainder is weak (a fraction 1 − S_eff(k,k)·G(0)/Z of each pathway), so the
-iteration contracts quickly: 20–35 iterations reach tol = 1e-6 on the default SSN-CNN where
-Euler takes 250–300 steps (BENCHMARKS.md). Each iteration costs one lateral operator (as one
+iteration contracts quickly: 20–22 iterations reach tol = 1e-6 on the default SSN-CNN where
+Euler takes 255–280 steps (BENCHMARKS.md). Each iteration costs one lateral operator (as one
 Euler step) plus a few elementwise operations.
 
 Choice of method (docs/ssn.md has the measurements): torchdeq's Anderson acceleration of the
