@@ -31,7 +31,8 @@ The comparisons (layers ordered by depth; "early" and "late" are the first and l
    ``bioattn orientation``, not here.)
 5. *Downstream activity follows the FSGM*: not measured by a performance sweep (``bioattn
    record`` + ``bioattn analyze neural``).
-6. *The SSN-CNN reproduces 1 and 2*: not measured here (``bioattn ssn replicate``).
+6. *The SSN-CNN reproduces 1 and 2*: decided only in ``bioattn ssn replicate``'s SSN folder, by
+   the SSN-CNN's own finding 1 and 2 comparisons taken together (:func:`with_reproduction`).
 
 Control: *values beat shuffled values* — Δ(method) − Δ(shuffled-method), mean over the
 single layers, for each method whose shuffled control was run; side > 0.
@@ -77,7 +78,7 @@ CLAIMS: dict[str, str] = {
 }
 _NOT_RUN = {
     "5": "not measured by a performance sweep: `bioattn record` + `bioattn analyze neural`",
-    "6": "not measured here: `bioattn ssn replicate`",
+    "6": "measured on the SSN-CNN only: `bioattn ssn replicate` (its ssn/ folder)",
 }
 
 _COMPARISON_COLUMNS = [
