@@ -221,3 +221,13 @@ def test_python_dash_m_runs_the_cli():
     )
     assert done.returncode == 0, done.stderr
     assert "usage: bioattn layers" in done.stdout
+
+
+def test_version_names_bioattn_and_torch(capsys) -> None:
+    import bioattn
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"bioattn {bioattn.__version__} (torch ") and "not installed" not in out

@@ -16,9 +16,20 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from bioattn import __version__
 from bioattn.errors import BioattnError, ConfigError
 
 __all__ = ["build_parser", "main"]
+
+
+def torch_version() -> str:
+    """The installed torch's version, read from its metadata (importing torch takes seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bioattn",
         description="Biologically inspired attention (feature similarity gain) in CNNs.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"bioattn {__version__} (torch {torch_version()})"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (model, sweep, psychophysics, neural, mechanisms, ssn):
