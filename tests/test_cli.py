@@ -36,6 +36,7 @@ COMMANDS = {
     "analyze",
     "mechanisms",
     "ssn",
+    "info",
 }
 #: Commands that run a model, with the arguments they need besides options.
 MODEL_COMMANDS = {
@@ -231,3 +232,16 @@ def test_version_names_bioattn_and_torch(capsys) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"bioattn {bioattn.__version__} (torch ") and "not installed" not in out
+
+
+def test_info_reports_versions_cache_and_missing_data(tmp_path, monkeypatch, capsys) -> None:
+    import bioattn
+
+    monkeypatch.setenv("BIOATTN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("BIOATTN_DATA", str(tmp_path / "nowhere"))
+    assert main(["info"]) == 0  # a missing dataset is reported, not an error
+    out = capsys.readouterr().out
+    assert out.startswith(f"bioattn {bioattn.__version__}\n")
+    assert f"cache: {tmp_path / 'cache'} (0 trained networks)" in out
+    assert "Fashion-MNIST: not found" in out and str(tmp_path / "nowhere") in out
+    assert "submitit" in out and "chromium" in out

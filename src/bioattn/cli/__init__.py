@@ -34,7 +34,7 @@ def torch_version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    from bioattn.cli import mechanisms, model, neural, psychophysics, ssn, sweep
+    from bioattn.cli import info, mechanisms, model, neural, psychophysics, ssn, sweep
 
     parser = argparse.ArgumentParser(
         prog="bioattn",
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"bioattn {__version__} (torch {torch_version()})"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (model, sweep, psychophysics, neural, mechanisms, ssn):
+    for group in (model, sweep, psychophysics, neural, mechanisms, ssn, info):
         group.register(sub)
     return parser
 
