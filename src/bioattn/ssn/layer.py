@@ -64,10 +64,15 @@ from torch import nn
 from bioattn.attention.gains import as_nchw
 from bioattn.errors import BioattnError, ConfigError
 from bioattn.ssn.kernels import Grid, build_grid, gaussian_matrix, kernel_spectrum
-from bioattn.ssn.solver import adjoint_solve, gain_of, newton_chunk, unstable_images
+from bioattn.ssn.solver import (
+    RATE_FLOOR,
+    adjoint_solve,
+    gain_of,
+    newton_chunk,
+    step_factors,
+    unstable_images,
+)
 
-#: Rates below this (Hz) count as silence when judging the relative change.
-RATE_FLOOR = 1e-3
 #: Per-chunk tensor size (elements) for integration: keeps each step's tensors cache-sized.
 CHUNK_ELEMENTS = 1 << 18
 #: States (E and I rates of a whole batch) smaller than this are integrated on one thread.
@@ -324,15 +329,6 @@ def _as_nchw(t: torch.Tensor, channels: int) -> torch.Tensor:
             f"got {t.numel()}"
         )
     return as_nchw(t)
-
-
-def _step_factors(
-    p: SSNParams, like: torch.Tensor, shape: tuple[int, ...]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """dt/τ and 1/τ of the E and I populations, shaped to broadcast over the stacked state."""
-    alpha = torch.tensor([p.dt / p.tau_e, p.dt / p.tau_i], dtype=like.dtype, device=like.device)
-    inv_tau = torch.tensor([1.0 / p.tau_e, 1.0 / p.tau_i], dtype=like.dtype, device=like.device)
-    return alpha.view(shape), inv_tau.view(shape)
 
 
 class SSNLayer(nn.Module):
@@ -651,8 +647,7 @@ class SSNLayer(nn.Module):
         p = self.params
         c = p.k ** (1.0 / p.n)  # k·[I]₊ⁿ = [c·I]₊ⁿ: fold k into the drive and the weights
         jmat = self._signed(r, c)
-        shape = (1, 2, 1, 1, 1)
-        alpha, inv_tau = _step_factors(p, r, shape)
+        alpha, inv_tau = step_factors(p, r)
         max_steps = max(1, math.ceil(p.t_max / p.dt))
         active = torch.arange(r.shape[0], device=r.device)
         relative = torch.full((r.shape[0],), math.inf)
@@ -806,8 +801,7 @@ class SSNLayer(nn.Module):
                     grad = gain * solved
                     return grad[:, 0], grad[:, 1]
             jmat = self._signed(r)
-            shape = (1, 2, 1, 1, 1)
-            alpha, inv_tau = _step_factors(p, r, shape)
+            alpha, inv_tau = step_factors(p, r)
             u = g.clone()
             max_steps = max(1, math.ceil(p.t_max / p.dt))
             relative = math.inf

@@ -50,8 +50,10 @@ import torch
 from bioattn.ssn.kernels import kernel_spectrum
 
 if TYPE_CHECKING:
-    from bioattn.ssn.layer import SSNLayer
+    from bioattn.ssn.layer import SSNLayer, SSNParams
 
+#: Rates below this (Hz) count as silence when judging the relative change (Euler and Newton).
+RATE_FLOOR = 1e-3
 #: Local 2×2 blocks with a determinant below this are not inverted: those cells take an Euler
 #: step instead (the block is near-singular where a cell's own E loop is close to runaway).
 DET_FLOOR = 0.05
@@ -66,6 +68,14 @@ LAG_BELOW = 1e-3
 REFRESH_EVERY = 3
 #: Seed of the perturbation used by the stability check (deterministic results).
 VERIFY_SEED = 1234
+
+
+def step_factors(p: SSNParams, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """dt/τ and 1/τ of the E and I populations, shaped (1, 2, 1, 1, 1) to broadcast over the
+    stacked state (N, 2, C, H, W)."""
+    alpha = torch.tensor([p.dt / p.tau_e, p.dt / p.tau_i], dtype=like.dtype, device=like.device)
+    inv_tau = torch.tensor([1.0 / p.tau_e, 1.0 / p.tau_i], dtype=like.dtype, device=like.device)
+    return alpha.view(1, 2, 1, 1, 1), inv_tau.view(1, 2, 1, 1, 1)
 
 
 def self_weights(layer: SSNLayer, like: torch.Tensor) -> torch.Tensor:
@@ -146,11 +156,7 @@ def newton_chunk(
     p = layer.params
     jmat = layer._signed(r, p.k ** (1.0 / p.n))
     k_self = self_weights(layer, r)
-    shape = (1, 2, 1, 1, 1)
-    alpha = torch.tensor([p.dt / p.tau_e, p.dt / p.tau_i], dtype=r.dtype, device=r.device)
-    alpha = alpha.view(shape)
-    inv_tau = torch.tensor([1.0 / p.tau_e, 1.0 / p.tau_i], dtype=r.dtype, device=r.device)
-    inv_tau = inv_tau.view(shape)
+    alpha, inv_tau = step_factors(p, r)
     active = torch.arange(r.shape[0], device=r.device)
     failed: list[torch.Tensor] = []
     iterations, relative_done = 0, 0.0
@@ -164,7 +170,7 @@ def newton_chunk(
         drive = layer._apply_lateral(r, jmat, base=hs).clamp_(min=0.0)
         residual = (drive.square() if p.n == 2 else drive.pow(p.n)).sub_(r)
         top = r.abs().amax(dim=dims)
-        relative = (residual.abs() * inv_tau).amax(dim=dims) / top.clamp(min=1e-3)
+        relative = (residual.abs() * inv_tau).amax(dim=dims) / top.clamp(min=RATE_FLOOR)
         broken = ~torch.isfinite(relative) | ~torch.isfinite(top) | (top > p.rate_cap)
         done = (relative < p.tol) & ~broken
         if bool(done.any()):
@@ -265,8 +271,7 @@ def unstable_images(layer: SSNLayer, hs: torch.Tensor, r: torch.Tensor) -> torch
     if suspects.numel() == 0:
         return none
     gain, failing = gain[suspects], failing[suspects]
-    alpha = torch.tensor([p.dt / p.tau_e, p.dt / p.tau_i], dtype=r.dtype, device=r.device)
-    alpha = alpha.view(1, 2, 1, 1, 1)
+    alpha, _inv_tau = step_factors(p, r)
     # one perturbation pattern for every image, so an image's verdict ignores its batch
     generator = torch.Generator(device="cpu").manual_seed(VERIFY_SEED)
     pattern = torch.randn((1, *gain.shape[1:]), generator=generator, dtype=r.dtype)
@@ -296,11 +301,7 @@ def adjoint_solve(
     jmat = layer._signed(g)
     # the local blocks of Wᵀ D in the unfolded weights: k_self / c, since D already carries c
     k_self = self_weights(layer, g) / (p.k ** (1.0 / p.n))
-    shape = (1, 2, 1, 1, 1)
-    alpha = torch.tensor([p.dt / p.tau_e, p.dt / p.tau_i], dtype=g.dtype, device=g.device)
-    alpha = alpha.view(shape)
-    inv_tau = torch.tensor([1.0 / p.tau_e, 1.0 / p.tau_i], dtype=g.dtype, device=g.device)
-    inv_tau = inv_tau.view(shape)
+    alpha, inv_tau = step_factors(p, g)
     dims = tuple(range(1, g.ndim))
     u = g.clone()
     relative = math.inf
