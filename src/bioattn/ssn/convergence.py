@@ -14,7 +14,8 @@ import copy
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,6 +50,7 @@ __all__ = [
     "layer_costs",
     "run_ssn_benchmark",
     "run_ssn_convergence",
+    "ssn_settings",
     "state_accuracy",
     "time_per_image",
 ]
@@ -61,6 +63,26 @@ def time_per_image(network: Network, images: torch.Tensor, batch_size: int = 256
     started = time.perf_counter()
     network.readout_features(images, batch_size=batch_size)
     return (time.perf_counter() - started) / images.shape[0]
+
+
+@contextmanager
+def ssn_settings(ssn_network: Network, **changes: object) -> Iterator[None]:
+    """Context in which every SSN layer of ``ssn_network`` runs with ``changes`` to its own
+    :class:`SSNParams` (memos cleared); each layer's own parameters come back on exit."""
+    blocks = ssn_blocks(ssn_network)
+    own = {alias: block.ssn.params for alias, block in blocks.items()}
+    try:
+        for alias, block in blocks.items():
+            block.ssn.params = replace(own[alias], **changes)
+            block.ssn.clear_memo()
+        yield
+    finally:
+        for alias, block in blocks.items():
+            block.ssn.params = own[alias]
+
+
+def _label(solver: str, dt: float, tol: float) -> str:
+    return f"{solver}, dt={dt:g} ms, tol={tol:g}"
 
 
 def _ssn_outputs(ssn_network: Network) -> tuple[list, dict[str, list[torch.Tensor]]]:
@@ -101,7 +123,6 @@ def run_ssn_convergence(
     """
     out_dir = Path(out_dir)
     blocks = ssn_blocks(ssn_network)
-    original = {alias: block.ssn.params for alias, block in blocks.items()}
     head = ssn_network.submodule(ssn_network.readout)
     rows = []
     reference: torch.Tensor | None = None
@@ -110,52 +131,44 @@ def run_ssn_convergence(
     handed = {"n": 0}
 
     def count(module, _inputs, _output) -> None:
-        handed["n"] += getattr(module, "last_handed_to_euler", 0)
+        handed["n"] += module.last_handed_to_euler
 
-    try:
-        for solver, dt, tol in tqdm(settings, desc="SSN convergence", disable=not progress):
-            for alias, block in blocks.items():
-                block.ssn.params = replace(
-                    original[alias], solver=solver, dt=dt, tol=tol, t_max=t_max
-                )
-                block.ssn.clear_memo()
-            handles, collected = _ssn_outputs(ssn_network)
-            handles += [block.ssn.register_forward_hook(count) for block in blocks.values()]
-            handed["n"] = 0
-            try:
+    for solver, dt, tol in tqdm(settings, desc="SSN convergence", disable=not progress):
+        handles, collected = _ssn_outputs(ssn_network)
+        handles += [block.ssn.register_forward_hook(count) for block in blocks.values()]
+        handed["n"] = 0
+        try:
+            with ssn_settings(ssn_network, solver=solver, dt=dt, tol=tol, t_max=t_max):
                 started = time.perf_counter()
                 features = ssn_network.readout_features(images, batch_size=batch_size)
                 seconds = (time.perf_counter() - started) / images.shape[0]
-            finally:
-                for handle in handles:
-                    handle.remove()
-            states = {alias: torch.cat(parts) for alias, parts in collected.items()}
-            steps = [block.ssn.last_steps for block in blocks.values()]
-            iterations = [block.ssn.last_iterations for block in blocks.values()]
-            with torch.no_grad():
-                decision = head(features).argmax(dim=1)
-            if reference is None:
-                reference, reference_class, reference_states = features, decision, states
-            rows.append(
-                {
-                    "setting": f"{solver}, dt={dt:g} ms, tol={tol:g}",
-                    "solver": solver,
-                    "dt_ms": dt,
-                    "tol": tol,
-                    "seconds_per_image": seconds,
-                    "max_steps": max(steps, default=0),
-                    "max_iterations": max(iterations, default=0),
-                    "images_handed_to_euler": handed["n"],
-                    "max_relative_feature_deviation": _deviation(features, reference),
-                    "max_relative_state_deviation": max(
-                        (_deviation(states[a], reference_states[a]) for a in states), default=0.0
-                    ),
-                    "decision_changes": float((decision != reference_class).float().mean()),
-                }
-            )
-    finally:
-        for alias, block in blocks.items():
-            block.ssn.params = original[alias]
+                steps = [block.ssn.last_steps for block in blocks.values()]
+                iterations = [block.ssn.last_iterations for block in blocks.values()]
+        finally:
+            for handle in handles:
+                handle.remove()
+        states = {alias: torch.cat(parts) for alias, parts in collected.items()}
+        with torch.no_grad():
+            decision = head(features).argmax(dim=1)
+        if reference is None:
+            reference, reference_class, reference_states = features, decision, states
+        rows.append(
+            {
+                "setting": _label(solver, dt, tol),
+                "solver": solver,
+                "dt_ms": dt,
+                "tol": tol,
+                "seconds_per_image": seconds,
+                "max_steps": max(steps, default=0),
+                "max_iterations": max(iterations, default=0),
+                "images_handed_to_euler": handed["n"],
+                "max_relative_feature_deviation": _deviation(features, reference),
+                "max_relative_state_deviation": max(
+                    (_deviation(states[a], reference_states[a]) for a in states), default=0.0
+                ),
+                "decision_changes": float((decision != reference_class).float().mean()),
+            }
+        )
     rows.append(
         {
             "setting": "plain",
@@ -177,11 +190,16 @@ def run_ssn_convergence(
     return table
 
 
-def _deviation(values: torch.Tensor, reference: torch.Tensor) -> float:
-    """Largest over images of max |values − reference| / max |reference| (per image)."""
+def _per_image_deviation(values: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per image: max |values − reference| / max |reference|."""
     flat, ref = values.flatten(1), reference.flatten(1)
     scale = ref.abs().amax(dim=1).clamp(min=1e-12)
-    return float(((flat - ref).abs().amax(dim=1) / scale).max())
+    return (flat - ref).abs().amax(dim=1) / scale
+
+
+def _deviation(values: torch.Tensor, reference: torch.Tensor) -> float:
+    """Largest over images of :func:`_per_image_deviation`."""
+    return float(_per_image_deviation(values, reference).max())
 
 
 def state_accuracy(
@@ -204,28 +222,21 @@ def state_accuracy(
         x = conv_output(ssn_network, alias, images)
         tight = copy.deepcopy(block.ssn).double()
         tight.params = replace(block.ssn.params, solver="euler", tol=reference_tol, t_max=50_000.0)
-        h_e, h_i = tight.drives(x.double())
-        exact = tight.steady_state(h_e, h_i)
-        reference = torch.stack([exact.r_e, exact.r_i], dim=1).flatten(1)
-        scale = reference.abs().amax(dim=1).clamp(min=1e-12)
-        own = block.ssn.params
-        try:
-            for solver, dt, tol in settings:
-                block.ssn.params = replace(own, solver=solver, dt=dt, tol=tol, t_max=4000.0)
-                h_e, h_i = block.ssn.drives(x)
-                result = block.ssn.steady_state(h_e, h_i)
-                state = torch.stack([result.r_e, result.r_i], dim=1).flatten(1).double()
-                per_image = (state - reference).abs().amax(dim=1) / scale
-                rows.append(
-                    {
-                        "layer": alias,
-                        "setting": f"{solver}, dt={dt:g} ms, tol={tol:g}",
-                        "max_relative_state_deviation": float(per_image.max()),
-                        "median_relative_state_deviation": float(per_image.median()),
-                    }
-                )
-        finally:
-            block.ssn.params = own
+        exact = tight.steady_state(*tight.drives(x.double()))
+        reference = torch.stack([exact.r_e, exact.r_i], dim=1)
+        for solver, dt, tol in settings:
+            with ssn_settings(ssn_network, solver=solver, dt=dt, tol=tol, t_max=4000.0):
+                result = block.ssn.steady_state(*block.ssn.drives(x))
+            state = torch.stack([result.r_e, result.r_i], dim=1).double()
+            per_image = _per_image_deviation(state, reference)
+            rows.append(
+                {
+                    "layer": alias,
+                    "setting": _label(solver, dt, tol),
+                    "max_relative_state_deviation": float(per_image.max()),
+                    "median_relative_state_deviation": float(per_image.median()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -235,28 +246,25 @@ def layer_costs(ssn_network: Network, images: torch.Tensor) -> pd.DataFrame:
     rows = []
     for alias, block in ssn_blocks(ssn_network).items():
         x = conv_output(ssn_network, alias, images)
-        own = block.ssn.params
-        try:
-            for solver in SOLVERS:
-                block.ssn.params = replace(own, solver=solver)
+        for solver in SOLVERS:
+            with ssn_settings(ssn_network, solver=solver):
                 started = time.perf_counter()
                 result = block.ssn.simulate(x)
-                rows.append(
-                    {
-                        "layer": alias,
-                        "solver": solver,
-                        "shape": "x".join(str(s) for s in x.shape[1:]),
-                        "seconds_per_image": (time.perf_counter() - started) / x.shape[0],
-                        "steps": result.steps,
-                        "iterations": result.iterations,
-                        "images_handed_to_euler": result.handed_to_euler,
-                        "mean_e_rate_hz": float(result.r_e.mean()),
-                        "mean_i_rate_hz": float(result.r_i.mean()),
-                        "max_e_rate_hz": float(result.r_e.max()),
-                    }
-                )
-        finally:
-            block.ssn.params = own
+                seconds = (time.perf_counter() - started) / x.shape[0]
+            rows.append(
+                {
+                    "layer": alias,
+                    "solver": solver,
+                    "shape": "x".join(str(s) for s in x.shape[1:]),
+                    "seconds_per_image": seconds,
+                    "steps": result.steps,
+                    "iterations": result.iterations,
+                    "images_handed_to_euler": result.handed_to_euler,
+                    "mean_e_rate_hz": float(result.r_e.mean()),
+                    "mean_i_rate_hz": float(result.r_i.mean()),
+                    "max_e_rate_hz": float(result.r_e.max()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -289,28 +297,22 @@ def run_ssn_benchmark(
     network, ssn_network, _values = build_default_ssn(params, data_dir=data_dir, seed=seed)
     images = task.images
     rows = []
-    blocks = ssn_blocks(ssn_network)
-    own = {alias: block.ssn.params for alias, block in blocks.items()}
-    try:
-        for rep in range(repeats):
-            for name, net, solver in (
-                ("plain", network, None),
-                ("ssn-newton", ssn_network, "newton"),
-                ("ssn-euler", ssn_network, "euler"),
-            ):
-                for alias, block in blocks.items():
-                    block.ssn.params = replace(own[alias], solver=solver or own[alias].solver)
-                rows.append(
-                    {
-                        "network": name,
-                        "rep": rep,
-                        "seconds_per_image": time_per_image(net, images, batch_size),
-                        "load_average_1min": os.getloadavg()[0],
-                    }
-                )
-    finally:
-        for alias, block in blocks.items():
-            block.ssn.params = own[alias]
+    for rep in range(repeats):
+        for name, net, solver in (
+            ("plain", network, None),
+            ("ssn-newton", ssn_network, "newton"),
+            ("ssn-euler", ssn_network, "euler"),
+        ):
+            with ssn_settings(ssn_network, **({} if solver is None else {"solver": solver})):
+                seconds = time_per_image(net, images, batch_size)
+            rows.append(
+                {
+                    "network": name,
+                    "rep": rep,
+                    "seconds_per_image": seconds,
+                    "load_average_1min": os.getloadavg()[0],
+                }
+            )
     tables = {"cost": pd.DataFrame(rows), "layer_costs": layer_costs(ssn_network, images)}
     if settings is None or len(settings) > 0:
         kwargs = {} if settings is None else {"settings": tuple(settings)}
