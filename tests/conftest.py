@@ -122,3 +122,21 @@ def six_categories(split: str) -> ImageSet:
     labels = torch.arange(6).repeat_interleave(10)
     images = patterns[labels] + 0.05 * torch.rand(60, 1, 8, 8, generator=generator)
     return ImageSet(images.clamp(0, 1), labels, tuple("abcdef"), split)
+
+
+@pytest.fixture(scope="module")
+def ssn_setup():
+    """The tiny network, its SSN-CNN (built once per module: calibration is the slow part) and
+    detectors fitted on the SSN-CNN, with the images used for all three."""
+    from bioattn.attention.values import tuning_values
+    from bioattn.models.detectors import fit_detectors
+    from bioattn.ssn import SSNParams, build_ssn_network
+
+    plain = make_tiny_network()
+    images = make_image_set(n_per_category=6)
+    values = tuning_values(plain, images)
+    ssn = build_ssn_network(
+        plain, "all", SSNParams(), similarity=values, reference_images=images.images
+    )
+    detectors = fit_detectors(ssn.readout_features(images.images), images.labels, images.categories)
+    return plain, ssn, detectors, images

@@ -21,7 +21,6 @@ from bioattn.experiments.sweep import (
     SweepConfig,
     run_sweep,
 )
-from bioattn.models.detectors import fit_detectors
 from bioattn.models.hooks import record_map_means
 from bioattn.ssn import (
     SSNInstabilityError,
@@ -35,7 +34,7 @@ from bioattn.ssn import (
     tuning_similarity,
 )
 from bioattn.ssn.experiments import CurrentAttention, run_ssn_sweep
-from tests.conftest import make_image_set, make_tiny_network
+from tests.conftest import make_image_set
 
 FAST = {"tol": 1e-7, "t_max": 3000.0}
 
@@ -326,19 +325,6 @@ def test_no_convergence_within_t_max_raises(solver: str) -> None:
 
 
 # --- the SSN-CNN ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ssn_setup():
-    """The tiny network, its SSN-CNN (built once: calibration is the slow part) and detectors."""
-    plain = make_tiny_network()
-    images = make_image_set(n_per_category=6)
-    values = tuning_values(plain, images)
-    ssn = build_ssn_network(
-        plain, "all", SSNParams(), similarity=values, reference_images=images.images
-    )
-    detectors = fit_detectors(ssn.readout_features(images.images), images.labels, images.categories)
-    return plain, ssn, detectors, images
-
-
 def test_builder_keeps_the_layers_and_leaves_the_original_alone(ssn_setup) -> None:
     plain, ssn, _detectors, _images = ssn_setup
     assert [(la.alias, la.conv, la.channels) for la in ssn.layers] == [

@@ -10,6 +10,7 @@ import torch
 
 from bioattn.errors import ConfigError
 from bioattn.ssn import SSNInstabilityError, SSNLayer, SSNParams, ssn_blocks
+from tests.conftest import make_image_set
 
 TIGHT = {"tol": 1e-10, "t_max": 20000.0}
 
@@ -134,25 +135,11 @@ def test_solver_settings_are_validated() -> None:
 
 
 # --- the benchmark's accuracy tables on a tiny SSN-CNN -------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_ssn():
-    from bioattn.attention.values import tuning_values
-    from bioattn.ssn import build_ssn_network
-    from tests.conftest import make_image_set, make_tiny_network
-
-    plain = make_tiny_network()
-    images = make_image_set(n_per_category=4)
-    values = tuning_values(plain, images)
-    ssn = build_ssn_network(
-        plain, "all", SSNParams(), similarity=values, reference_images=images.images
-    )
-    return plain, ssn, images.images[:12]
-
-
-def test_newton_states_are_within_1e_4_of_a_float64_solution(tiny_ssn) -> None:
+def test_newton_states_are_within_1e_4_of_a_float64_solution(ssn_setup) -> None:
     from bioattn.ssn.convergence import state_accuracy
 
-    _plain, ssn, images = tiny_ssn
+    _plain, ssn, _detectors, _images = ssn_setup
+    images = make_image_set(n_per_category=4).images[:12]
     settings = (("newton", 2.0, 1e-6), ("euler", 2.0, 1e-4))
     table = state_accuracy(ssn, images, settings).set_index(["setting", "layer"])
     newton = table.loc["newton, dt=2 ms, tol=1e-06", "max_relative_state_deviation"]
@@ -161,10 +148,11 @@ def test_newton_states_are_within_1e_4_of_a_float64_solution(tiny_ssn) -> None:
     assert (loose > newton).all()  # the table can tell a looser setting apart
 
 
-def test_convergence_table_compares_solvers_with_the_reference(tiny_ssn, tmp_path) -> None:
+def test_convergence_table_compares_solvers_with_the_reference(ssn_setup, tmp_path) -> None:
     from bioattn.ssn.convergence import run_ssn_convergence
 
-    plain, ssn, images = tiny_ssn
+    plain, ssn, _detectors, _images = ssn_setup
+    images = make_image_set(n_per_category=4).images[:12]
     settings = (("euler", 1.0, 1e-6), ("newton", 2.0, 1e-6))
     table = run_ssn_convergence(tmp_path, plain, ssn, images, settings, progress=False)
     newton = table[table["solver"] == "newton"].iloc[0]
