@@ -245,3 +245,27 @@ def test_info_reports_versions_cache_and_missing_data(tmp_path, monkeypatch, cap
     assert f"cache: {tmp_path / 'cache'} (0 trained networks)" in out
     assert "Fashion-MNIST: not found" in out and str(tmp_path / "nowhere") in out
     assert "submitit" in out and "chromium" in out
+
+
+def _subparser_actions(parser: argparse.ArgumentParser) -> list[argparse._SubParsersAction]:
+    return [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+
+
+def _every_command_path(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
+    """Every command and nested subcommand (aliases included), with the parser it reaches."""
+    yield prefix, parser
+    for action in _subparser_actions(parser):
+        for name, child in action.choices.items():
+            yield from _every_command_path(child, (*prefix, name))
+
+
+def test_help_of_every_command_and_subcommand_prints(capsys) -> None:
+    """argparse formats help strings with %, so one stray "%" breaks --help of the whole tool."""
+    commands = list(_every_command_path(build_parser()))
+    paths = {path for path, _ in commands}
+    assert {("ssn", "signatures"), ("analyze", "neural"), ("sweep",)} <= paths
+    for path, parser in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args([*path, "--help"])
+        assert exit_info.value.code == 0, path
+        assert capsys.readouterr().out.startswith(f"usage: {parser.prog}"), path

@@ -311,7 +311,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "replicate",
-        help="the replication on several trained networks: effects with 95 % intervals over "
+        help="the replication on several trained networks: effects with 95 %% intervals over "
         "networks and categories, and the findings' verdicts",
     )
     add_model_options(p, note=f"Only the defaults: {REPLICATE_DEFAULT_ONLY}.")
