@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
 from bioattn.cache import atomic_path, update_with_module
 from bioattn.data.imageset import ImageSet
 from bioattn.data.tasks import GRADIENT_STREAM, TaskSet, make_task_set, task_seed
 from bioattn.errors import ConfigError, DataError
+from bioattn.logs import progress_bar
 from bioattn.models.detectors import Detectors
 from bioattn.models.hooks import capture_activity, concat_units, record_map_means
 from bioattn.models.network import LayerInfo, Network
@@ -189,7 +189,9 @@ def gradient_values(
         raise DataError(f"gradient values need a task set for every category; missing {missing}")
     rows = [
         raw_gradients(network, detectors, tasks[category], batch_size)
-        for category in tqdm(detectors.categories, desc="gradient values", disable=not progress)
+        for category in progress_bar(
+            detectors.categories, desc="gradient values", disable=not progress
+        )
     ]
     return normalise_per_unit(np.stack(rows))
 

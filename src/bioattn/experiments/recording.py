@@ -69,7 +69,7 @@ import h5py
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from bioattn import __version__
 from bioattn.analysis.neural import (
@@ -101,6 +101,7 @@ from bioattn.experiments.grid import (
     task_seed,
 )
 from bioattn.experiments.run import LazyTasks, run
+from bioattn.logs import progress_bar
 from bioattn.models.detectors import Detectors
 from bioattn.models.hooks import capture_activity
 from bioattn.models.network import LayerInfo, Network
@@ -736,7 +737,7 @@ def _record(
         _attrs(network, plan, split, extra_attrs),
     )
     total = sum(1 + plan.n_attended + (plan.n_reference[c] > 0) for c in plan.categories)
-    bar = tqdm(total=total, desc="recording", disable=not progress)
+    bar = progress_bar(total=total, desc="recording", disable=not progress)
     sink = RecordingSink(writer, plan, evaluator, reference_for, detectors is not None, bar)
     try:
         run(

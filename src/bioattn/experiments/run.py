@@ -19,7 +19,6 @@ from typing import Any, Protocol
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from bioattn.analysis.sdt import detection_metrics_batch
 from bioattn.attention.rules import ValueSource
@@ -27,6 +26,7 @@ from bioattn.data.tasks import TaskSet
 from bioattn.errors import ConfigError
 from bioattn.experiments.evaluate import Evaluator, Outputs, Probe
 from bioattn.experiments.grid import Condition, Grid, LayerSetting
+from bioattn.logs import progress_bar
 
 PERFORMANCE_COLUMNS = [
     "task",
@@ -189,7 +189,7 @@ def run(
     """
     check_grid(grid, evaluator, tasks)
     total = len(tasks) * (1 + len(grid))
-    bar = tqdm(total=total, desc=desc, disable=not progress)
+    bar = progress_bar(total=total, desc=desc, disable=not progress)
     try:
         with evaluator.network.autocast():  # half precision when the network asks for it
             for key, task in tasks.items():

@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import logging
 import os
 import re
 import signal
@@ -53,7 +54,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xarray as xr
-from tqdm.auto import tqdm
 
 from bioattn.cache import atomic_write_bytes, update_with_module, update_with_tensor
 from bioattn.data.imageset import ImageSet
@@ -69,6 +69,7 @@ from bioattn.experiments.sweep import (
     resolve_sweep,
     run_sweep,
 )
+from bioattn.logs import progress_bar
 from bioattn.models.detectors import Detectors
 from bioattn.models.network import Network
 
@@ -80,6 +81,8 @@ except ImportError:  # Windows: no flock; run folders are then not locked
 SHARD_FOLDER = "shards"
 LOCK_FILE = ".lock"
 _METADATA_KEY = b"bioattn_shard"
+
+log = logging.getLogger(__name__)
 
 
 class SweepIncompleteError(BioattnError):
@@ -241,7 +244,7 @@ def run_shards(
     run_dir = Path(run_dir)
     (run_dir / SHARD_FOLDER).mkdir(parents=True, exist_ok=True)
     outcomes = []
-    bar = tqdm(shards, desc="shards", disable=not progress, leave=False)
+    bar = progress_bar(shards, desc="shards", disable=not progress, leave=False)
     for shard in bar:
         _exit_if_orphaned()  # a pool worker whose sweep has gone starts no new shard
         path, error_path = _shard_path(run_dir, shard), _error_path(run_dir, shard)
@@ -524,6 +527,7 @@ def _run_configured_sweep(
             stacklevel=3,
         )
     write_manifest(run_dir, fingerprint, shards, rows)
+    log.info("sweep: %d shards in %s", len(shards), run_dir)
     precision = (
         precision_check(experiment, sweep, shards[0].category)
         if network.precision != "float32" and shards

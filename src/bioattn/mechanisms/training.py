@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from bioattn.cache import atomic_write_bytes, settings_key, update_with_tensor
 from bioattn.errors import ConfigError
+from bioattn.logs import progress_bar
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ def train_loop(
 
     end = steps if stop_after is None else min(steps, start + max(0, int(stop_after)))
     began = time.perf_counter()
-    bar = tqdm(total=steps, initial=min(start, steps), desc=desc, disable=not progress)
+    bar = progress_bar(total=steps, initial=min(start, steps), desc=desc, disable=not progress)
     for step in range(start, end):
         metrics = step_fn(step)
         for name, value in metrics.items():

@@ -5,17 +5,18 @@ directory keyed by everything that determines them."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from bioattn.cache import atomic_write_bytes, cache_dir, settings_key
 from bioattn.data.fashion_mnist import find_data_dir, load_fashion_mnist
 from bioattn.errors import ConfigError
+from bioattn.logs import progress_bar
 from bioattn.models.detectors import Detectors, evaluate_detectors, fit_detectors
 from bioattn.models.network import Network
 from bioattn.models.weights import load_weights, save_weights
@@ -29,6 +30,8 @@ from bioattn.models.zoo import (
 
 #: Bumped whenever the training code changes in a way that changes the weights it produces.
 TRAINING_CODE_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 #: Settings left out of the cache key while they have their default value, so that adding them
@@ -151,7 +154,7 @@ def train_default(
     inputs = network.preprocess(train.images)
     loss_fn = nn.CrossEntropyLoss()
     started = time.perf_counter()
-    bar = tqdm(
+    bar = progress_bar(
         total=settings.epochs * steps_per_epoch,
         desc=f"training {arch.name}",
         disable=not progress,
@@ -218,6 +221,9 @@ def load_default(
             json.loads(metrics_file.read_text()),
             folder,
         )
+    log.info(
+        "training %s (%d epochs); it is kept in %s", settings.architecture, settings.epochs, folder
+    )
     trained = train_default(settings, data_dir, progress=progress)
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(trained.network.module, weights_file)

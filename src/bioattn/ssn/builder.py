@@ -35,10 +35,10 @@ import numpy as np
 import torch
 import xarray as xr
 from torch import nn
-from tqdm.auto import tqdm
 
 from bioattn.data.imageset import ImageSet
 from bioattn.errors import ConfigError, LayerError
+from bioattn.logs import progress_bar
 from bioattn.models.detectors import Detectors, fit_detectors
 from bioattn.models.hooks import record_map_means
 from bioattn.models.network import LayerInfo, Network
@@ -325,7 +325,9 @@ def calibrate_ssn(
     with ExitStack() as stack:
         for block in blocks.values():  # unattended: no currents during calibration
             stack.enter_context(layer_currents(block.ssn, None, None))
-        for alias, block in tqdm(blocks.items(), desc="calibrating SSN", disable=not progress):
+        for alias, block in progress_bar(
+            blocks.items(), desc="calibrating SSN", disable=not progress
+        ):
             ssn = block.ssn
             ssn.set_scales(drive_scale=1.0, output_scale=1.0)
             mean_positive = _conv_output_stats(ssn_network, block, images, batch_size)

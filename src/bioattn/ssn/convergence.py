@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from bioattn.data.fashion_mnist import load_fashion_mnist
 from bioattn.data.tasks import make_task_set
 from bioattn.experiments.runfolder import environment_info
+from bioattn.logs import progress_bar
 from bioattn.models.network import Network
 from bioattn.ssn.builder import conv_output, ssn_blocks
 from bioattn.ssn.experiments import build_default_ssn, write_json
@@ -133,7 +133,7 @@ def run_ssn_convergence(
     def count(module, _inputs, _output) -> None:
         handed["n"] += module.last_handed_to_euler
 
-    for solver, dt, tol in tqdm(settings, desc="SSN convergence", disable=not progress):
+    for solver, dt, tol in progress_bar(settings, desc="SSN convergence", disable=not progress):
         handles, collected = _ssn_outputs(ssn_network)
         handles += [block.ssn.register_forward_hook(count) for block in blocks.values()]
         handed["n"] = 0
