@@ -37,6 +37,7 @@ COMMANDS = {
     "mechanisms",
     "ssn",
     "info",
+    "init-config",
 }
 #: Commands that run a model, with the arguments they need besides options.
 MODEL_COMMANDS = {
@@ -201,14 +202,14 @@ def test_what_a_command_cannot_do_is_refused_clearly(argv, message, tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
-def test_interrupt_exits_with_130(monkeypatch, capsys):
+def test_interrupt_exits_with_130(monkeypatch, capsys, tmp_path):
     import bioattn.cli.sweep
 
     def interrupted(args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(bioattn.cli.sweep, "cmd_plot", interrupted)
-    assert main(["plot", "anywhere"]) == 130
+    assert main(["plot", str(tmp_path)]) == 130
     assert capsys.readouterr().err == "bioattn plot: interrupted\n"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bioattn.cli.common import (
     add_epochs,
@@ -17,6 +18,10 @@ from bioattn.cli.common import (
 )
 from bioattn.errors import ConfigError
 
+if TYPE_CHECKING:
+    from bioattn.experiments.config import ExperimentConfig
+    from bioattn.models.train import TrainSettings
+
 #: Why ``train`` trains only the embedded networks.
 TRAIN_DEFAULT_ONLY = (
     "`bioattn train` trains the embedded networks (--model fashion-vgg, the default, or "
@@ -25,9 +30,9 @@ TRAIN_DEFAULT_ONLY = (
 )
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train (or load from the cache) an embedded network and report its accuracy."""
-    from bioattn.models.train import TrainSettings, load_default
+def train_settings(args: argparse.Namespace) -> tuple[ExperimentConfig, TrainSettings]:
+    """The config and training settings of ``bioattn train``, checked."""
+    from bioattn.models.train import TrainSettings
     from bioattn.models.zoo import FASHION_ARCHITECTURES
 
     config = experiment_config(args)
@@ -38,6 +43,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         architecture=config.model.spec,
         **given(seed=config.model.seed, epochs=args.epochs),
     )
+    return config, settings
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or load from the cache) an embedded network and report its accuracy."""
+    from bioattn.models.train import load_default
+
+    config, settings = train_settings(args)
     trained = load_default(settings, config.data.path or None, retrain=args.retrain)
     metrics = trained.metrics
     print(f"model cached in {trained.path}")
@@ -87,8 +100,7 @@ def cmd_values(args: argparse.Namespace) -> int:
 
     config = experiment_config(args)
     experiment = prepared(args, config, run_dir=Path(args.out).parent)
-    # as prepare() computes a sweep's values: noise images have no gradient values of their own
-    image_types = args.image_types or tuple(t for t in config.sweep.image_types if t != "noise")
+    image_types = values_image_types(args, config)
     values = compute_values(
         experiment.network,
         experiment.detectors,
@@ -100,6 +112,19 @@ def cmd_values(args: argparse.Namespace) -> int:
     path = save_values(values, args.out)
     print(f"values written to {path}: {', '.join(map(str, values.data_vars))}")
     return 0
+
+
+def values_image_types(args: argparse.Namespace, config: ExperimentConfig) -> tuple[str, ...]:
+    """The image types ``bioattn values`` computes gradient values for, checked."""
+    from bioattn.data.tasks import IMAGE_TYPES
+
+    # as prepare() computes a sweep's values: noise images have no gradient values of their own
+    types = args.image_types or tuple(t for t in config.sweep.image_types if t != "noise")
+    unknown = [t for t in types if t not in IMAGE_TYPES or t == "noise"]
+    if unknown:
+        valid = ", ".join(t for t in IMAGE_TYPES if t != "noise")
+        raise ConfigError(f"no gradient values for image type {unknown[0]!r}; valid: {valid}")
+    return tuple(types)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -78,7 +78,7 @@ def ssn_params(args: argparse.Namespace) -> SSNParams:
     return params
 
 
-def _setup(args: argparse.Namespace) -> tuple[SSNParams, dict[str, Any]]:
+def ssn_setup(args: argparse.Namespace) -> tuple[SSNParams, dict[str, Any]]:
     """The SSN parameters and the arguments every SSN experiment takes (data folder, seed),
     after refusing model options the SSN-CNN cannot follow."""
     params = ssn_params(args)
@@ -93,7 +93,7 @@ def cmd_ssn_replicate(args: argparse.Namespace) -> int:
     from bioattn.analysis.sdt import format_summary
     from bioattn.ssn.experiments import run_ssn_replication
 
-    params, common = _setup(args)
+    params, common = ssn_setup(args)
     options = given(
         categories=args.categories,
         layers=args.layers,
@@ -129,7 +129,7 @@ def cmd_ssn_signatures(args: argparse.Namespace) -> int:
     """Summation, contrast response with attention and time courses at one SSN layer."""
     from bioattn.ssn.signatures import run_ssn_signatures
 
-    params, common = _setup(args)
+    params, common = ssn_setup(args)
     options = given(
         layer=args.layer, category=args.category, beta=args.beta, n_images=args.n_images
     )
@@ -152,7 +152,7 @@ def cmd_ssn_benchmark(args: argparse.Namespace) -> int:
     """Cost per image of the SSN-CNN against the plain network, and convergence in dt and tol."""
     from bioattn.ssn.convergence import run_ssn_benchmark
 
-    params, common = _setup(args)
+    params, common = ssn_setup(args)
     options = given(
         n_images=args.n_images, repeats=args.repeats, settings=() if args.no_convergence else None
     )

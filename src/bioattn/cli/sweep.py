@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bioattn.cli.common import (
     add_epochs,
@@ -20,6 +20,9 @@ from bioattn.cli.common import (
     sweep_section,
 )
 from bioattn.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bioattn.experiments.config import ExperimentConfig
 
 #: Why ``demo`` runs only a trained embedded network.
 DEMO_DEFAULT_ONLY = (
@@ -50,12 +53,9 @@ QUICK_ORIENTATION: dict[str, Any] = {
 QUICK_CUEING: dict[str, Any] = {"categories": QUICK_CATEGORIES, "n_pos": 20, "n_neg": 20}
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    """Sweep attention over layers × β × categories × methods: sharded, resumable."""
-    from bioattn.analysis.sdt import format_summary
-    from bioattn.experiments.shards import run_configured_sweep
-
-    config = experiment_config(
+def sweep_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The experiment config of ``bioattn sweep``: ``--config`` with every flag on top."""
+    return experiment_config(
         args,
         values={"path": None if args.values is None else str(args.values)},
         sweep=sweep_section(args),
@@ -66,6 +66,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             "shards_per_job": args.shards_per_job,
         },
     )
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Sweep attention over layers × β × categories × methods: sharded, resumable."""
+    from bioattn.analysis.sdt import format_summary
+    from bioattn.experiments.shards import run_configured_sweep
+
+    config = sweep_config(args)
     result = run_configured_sweep(config)
     print(format_summary(result["summary"]))
     print(
@@ -114,7 +122,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replication_settings(args: argparse.Namespace, why: str) -> tuple[Any, Any, Any]:
+def replication_settings(args: argparse.Namespace, why: str) -> tuple[Any, Any, Any]:
     """(config, sweep, training settings) of ``demo`` and ``replicate``: an embedded network,
     the sweep flags, ``--quick``'s small sweep."""
     from dataclasses import replace
@@ -137,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The whole replication on a trained embedded network (Fashion-MNIST)."""
     from bioattn.experiments.replication import run_replication
 
-    config, sweep, settings = _replication_settings(args, DEMO_DEFAULT_ONLY)
+    config, sweep, settings = replication_settings(args, DEMO_DEFAULT_ONLY)
     data_dir = config.data.path or None
     started = time.perf_counter()
     result = run_replication(args.out, sweep, settings, data_dir)
@@ -185,7 +193,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--networks must be at least 1, got {args.networks}")
     if args.first_seed < 0:
         raise ConfigError(f"--first-seed must be 0 or more, got {args.first_seed}")
-    config, sweep, settings = _replication_settings(args, REPLICATE_DEFAULT_ONLY)
+    config, sweep, settings = replication_settings(args, REPLICATE_DEFAULT_ONLY)
     if config.model.seed != 0:
         raise ConfigError(
             f"replicate trains one network per seed from --first-seed; a model seed "

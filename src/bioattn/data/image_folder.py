@@ -84,6 +84,38 @@ def _preprocess(image: Image.Image, size: int | None, resize: int | None, mode: 
     return array
 
 
+def category_files(root: str | os.PathLike[str]) -> list[tuple[str, list[Path]]]:
+    """(category, its image files) for each sub-folder of ``root``, sorted by name; reads no
+    image. Raises :class:`DataError` for a missing folder, no sub-folders or an empty one."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DataError(f"image folder {root} {what}")
+    category_dirs = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+    if not category_dirs:
+        raise DataError(
+            f"image folder {root} has no category sub-folders; expected one sub-folder per "
+            "category holding that category's images (root/CATEGORY/IMAGE.png)"
+        )
+    categories = []
+    for directory in category_dirs:
+        found = sorted(
+            p
+            for p in directory.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not found:
+            raise DataError(
+                f"category folder {directory} holds no image files (extensions "
+                f"{', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder"
+            )
+        categories.append((directory.name, found))
+    return categories
+
+
 def load_image_folder_report(
     root: str | os.PathLike[str],
     size: int | None = 224,
@@ -102,32 +134,9 @@ def load_image_folder_report(
             f"crop size {size} is larger than the resized short side {resize}; "
             "use size <= resize (ImageNet: resize=256, size=224)"
         )
+    listing = category_files(root)
+    files = [(path, label) for label, (_name, found) in enumerate(listing) for path in found]
     root = Path(root).expanduser()
-    if not root.is_dir():
-        what = "is not a folder" if root.exists() else "does not exist"
-        raise DataError(f"image folder {root} {what}")
-    category_dirs = sorted(
-        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-        key=lambda p: p.name,
-    )
-    if not category_dirs:
-        raise DataError(
-            f"image folder {root} has no category sub-folders; expected one sub-folder per "
-            "category holding that category's images (root/CATEGORY/IMAGE.png)"
-        )
-    files: list[tuple[Path, int]] = []
-    for label, directory in enumerate(category_dirs):
-        found = sorted(
-            p
-            for p in directory.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if not found:
-            raise DataError(
-                f"category folder {directory} holds no image files (extensions "
-                f"{', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder"
-            )
-        files.extend((p, label) for p in found)
 
     mode = "L" if grayscale else "RGB"
     target = resize if resize is not None else size  # short side the images are brought to
@@ -174,7 +183,7 @@ def load_image_folder_report(
     image_set = ImageSet(
         images=stacked.to(torch.float32).div_(255.0),
         labels=torch.tensor(labels, dtype=torch.int64),
-        categories=tuple(d.name for d in category_dirs),
+        categories=tuple(name for name, _ in listing),
         split=root.resolve().name,
     )
     return FolderLoadReport(image_set=image_set, paths=paths, skipped=skipped)

@@ -10,6 +10,7 @@ exactly the same.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from typing import Any
 import xarray as xr
 
 from bioattn.attention.values import compute_values, load_values, save_values
-from bioattn.data.fashion_mnist import load_fashion_mnist
-from bioattn.data.image_folder import load_image_folder
+from bioattn.data.fashion_mnist import FASHION_MNIST_CATEGORIES, find_data_dir, load_fashion_mnist
+from bioattn.data.image_folder import category_files, load_image_folder
 from bioattn.data.imageset import ImageSet, balanced_subset
 from bioattn.errors import ConfigError, DataError
 from bioattn.experiments.config import DataSection, ExperimentConfig, load_config
@@ -27,7 +28,16 @@ from bioattn.models.network import Network
 from bioattn.models.train import TrainSettings, load_default
 from bioattn.models.zoo import FASHION_ARCHITECTURES, build_network
 
-__all__ = ["Experiment", "load_images", "prepare", "with_overrides"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Experiment",
+    "data_categories",
+    "embedded_architecture",
+    "load_images",
+    "prepare",
+    "with_overrides",
+]
 
 
 @dataclass
@@ -54,17 +64,24 @@ class Experiment:
         return _is_default(self.config)
 
 
-def _embedded_architecture(config: ExperimentConfig) -> str | None:
+def embedded_architecture(config: ExperimentConfig) -> str | None:
     """The embedded architecture whose trained default ``config`` asks for (``[model] spec``
-    "fashion-vgg" or "fashion-vgg16" without weights), else None."""
+    "fashion-vgg" or "fashion-vgg16" without weights), else None; such a network is trained
+    on Fashion-MNIST, so other ``[data]`` is refused."""
     spec = config.model.spec.strip().lower()
-    if spec in FASHION_ARCHITECTURES and not config.model.weights:
-        return spec
-    return None
+    if spec not in FASHION_ARCHITECTURES or config.model.weights:
+        return None
+    if config.data.kind != "fashion-mnist":
+        raise ConfigError(
+            f"the trained embedded network ({spec} without weights) goes with [data] kind = "
+            f"'fashion-mnist', not {config.data.kind!r}; give [model] weights for other data"
+        )
+    return spec
 
 
 def _is_default(config: ExperimentConfig) -> bool:
-    return _embedded_architecture(config) is not None
+    spec = config.model.spec.strip().lower()
+    return spec in FASHION_ARCHITECTURES and not config.model.weights
 
 
 def folder_geometry(
@@ -92,6 +109,33 @@ def folder_geometry(
     return size, resize, channels == 1
 
 
+def data_categories(data: DataSection) -> tuple[tuple[str, ...], int | None]:
+    """(category names, training images) of a ``[data]`` section, without loading images.
+
+    Fashion-MNIST: its ten classes, after checking the IDX files are there. An image folder:
+    the sub-folders of ``train/``, which must be those of ``test/``.
+    """
+    if data.kind == "fashion-mnist":
+        find_data_dir(data.path or None)
+        return tuple(FASHION_MNIST_CATEGORIES), 60_000
+    root = Path(data.path).expanduser()
+    splits = {}
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DataError(
+                f"image folder {root} needs a {split}/ sub-folder with one sub-folder of images "
+                "per category (the same categories in train/ and test/)"
+            )
+        splits[split] = category_files(root / split)
+    train = tuple(name for name, _ in splits["train"])
+    test = tuple(name for name, _ in splits["test"])
+    if train != test:
+        raise DataError(
+            f"train/ and test/ of {root} hold different categories: {list(train)} vs {list(test)}"
+        )
+    return train, sum(len(files) for _, files in splits["train"])
+
+
 def load_images(data: DataSection, network: Network | None = None) -> tuple[ImageSet, ImageSet]:
     """The training and test images of a ``[data]`` section, for ``network`` (see
     :func:`folder_geometry`)."""
@@ -99,20 +143,10 @@ def load_images(data: DataSection, network: Network | None = None) -> tuple[Imag
         directory = data.path or None
         return load_fashion_mnist("train", directory), load_fashion_mnist("test", directory)
     size, resize, grey = folder_geometry(data, network)
+    data_categories(data)  # both splits there, with the same categories
     root = Path(data.path).expanduser()
-    for split in ("train", "test"):
-        if not (root / split).is_dir():
-            raise DataError(
-                f"image folder {root} needs a {split}/ sub-folder with one sub-folder of images "
-                "per category (the same categories in train/ and test/)"
-            )
     train = load_image_folder(root / "train", size=size, resize=resize, grayscale=grey)
     test = load_image_folder(root / "test", size=size, resize=resize, grayscale=grey)
-    if train.categories != test.categories:
-        raise DataError(
-            f"train/ and test/ of {root} hold different categories: {list(train.categories)} vs "
-            f"{list(test.categories)}"
-        )
     return train, test
 
 
@@ -142,20 +176,15 @@ def prepare(
     elif not isinstance(config, ExperimentConfig):
         config = load_config(config)
     run = Path(run_dir) if run_dir is not None else Path(config.run.out)
-    architecture = _embedded_architecture(config)
+    architecture = embedded_architecture(config)
     if architecture is not None:
-        if config.data.kind != "fashion-mnist":
-            raise ConfigError(
-                f"the trained embedded network ({architecture} without weights) goes with "
-                f"[data] kind = 'fashion-mnist', not {config.data.kind!r}; give [model] weights "
-                "for other data"
-            )
         trained = load_default(
             TrainSettings(seed=config.model.seed, architecture=architecture),
             config.data.path or None,
             progress=progress,
         )
         network, detectors = trained.network, trained.detectors
+        log.info("network: %s, trained, from %s", network.name, trained.path)
         train, test = load_images(config.data, network)
         model_info = {
             "name": network.name,
@@ -174,13 +203,16 @@ def prepare(
         detectors_path = run / "detectors.safetensors"
         if detectors_path.exists():
             detectors = Detectors.load(detectors_path)
+            log.info("detectors: read from %s", detectors_path)
         else:
+            log.info("detectors: fitting on %d images per category", config.data.detector_images)
             fit_on = balanced_subset(train, config.data.detector_images, seed=config.model.seed)
             detectors = fit_detectors(
                 network.readout_features(fit_on.images), fit_on.labels, fit_on.categories
             )
             run.mkdir(parents=True, exist_ok=True)
             detectors.save(detectors_path)
+            log.info("detectors: kept in %s", detectors_path)
         model_info = {
             "name": network.name,
             "spec": config.model.spec,
@@ -211,6 +243,7 @@ def _values(
         Path(config.values.path) if config.values.path else experiment.run_dir / "values.nc"
     )
     if values_path.exists():
+        log.info("values: read from %s", values_path)
         try:
             return load_values(
                 values_path,
@@ -228,6 +261,7 @@ def _values(
     if config.values.path:
         raise ConfigError(f"[values] path {values_path} does not exist")
     types = config.sweep.image_types if image_types is None else image_types
+    log.info("values: computing tuning and gradient values (%s)", ", ".join(types) or "tuning")
     values = compute_values(
         experiment.network,
         experiment.detectors,
@@ -238,6 +272,7 @@ def _values(
         progress=progress,
     )
     save_values(values, values_path)
+    log.info("values: kept in %s", values_path)
     return values
 
 

@@ -63,10 +63,12 @@ __all__ = [
     "DEFAULT_BETAS",
     "DEFAULT_METHODS",
     "PERFORMANCE_COLUMNS",
+    "CheckedSweep",
     "ResolvedSweep",
     "SweepConfig",
     "build_selection_sets",
     "build_test_sets",
+    "check_sweep",
     "resolve_sweep",
     "run_sweep",
     "sweep_grid",
@@ -116,20 +118,24 @@ def sweep_grid(
     return Grid.of(settings, parse_rules(config.methods), config.betas)
 
 
-def resolve_sweep(
+@dataclass
+class CheckedSweep:
+    """A sweep's names checked against a network and category names (no values needed)."""
+
+    grid: Grid
+    categories: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def check_sweep(
     config: SweepConfig,
     network: Network,
-    detectors: Detectors,
-    values: xr.Dataset,
+    categories: Sequence[str],
     tasks: Mapping[tuple[str, str], TaskSet] | None = None,
-) -> ResolvedSweep:
-    """Check every name and setting before any long work; add β = 0 when it is missing.
-
-    With prebuilt ``tasks`` (keyed by (image type, category)) the image types may also be
-    those built elsewhere (e.g. ``gratings``), and every (image type, category) of the sweep
-    must have its task set; spatial methods need each set's cued quadrant. Duplicate
-    categories, layers (one layer named two ways) and methods are merged with a note.
-    """
+) -> CheckedSweep:
+    """Check a sweep's image types, sizes, layers, methods and categories; add β = 0 when it
+    is missing. Needs only the network's architecture and the category names, so that a plan
+    (:mod:`bioattn.experiments.plan`) refuses bad names before any training or values."""
     notes: list[str] = []
     known_types = IMAGE_TYPES if tasks is None else IMAGE_TYPES + BUILT_IMAGE_TYPES
     for image_type in config.image_types:
@@ -149,11 +155,38 @@ def resolve_sweep(
     if 0.0 not in {float(b) for b in config.betas}:
         notes.append("β = 0 was missing from the grid and has been added (it is the baseline)")
         grid = replace(grid, betas=(0.0, *grid.betas))
-    categories = (
-        list(detectors.categories)
+    chosen = (
+        list(categories)
         if config.categories is None
-        else resolve_categories(config.categories, detectors.categories)
+        else resolve_categories(config.categories, categories)
     )
+    if tasks is not None:
+        _check_tasks(tasks, config.image_types, chosen)
+    elif any(m.spatial for m in grid.rules):
+        raise ConfigError(
+            "spatial methods need task sets with a cued quadrant (e.g. the orientation task, "
+            "`bioattn orientation`); pass them as tasks"
+        )
+    return CheckedSweep(grid, chosen, notes)
+
+
+def resolve_sweep(
+    config: SweepConfig,
+    network: Network,
+    detectors: Detectors,
+    values: xr.Dataset,
+    tasks: Mapping[tuple[str, str], TaskSet] | None = None,
+) -> ResolvedSweep:
+    """Check every name and setting (:func:`check_sweep`) and that the values fit the network,
+    its detectors and the methods; add β = 0 when it is missing.
+
+    With prebuilt ``tasks`` (keyed by (image type, category)) the image types may also be
+    those built elsewhere (e.g. ``gratings``), and every (image type, category) of the sweep
+    must have its task set; spatial methods need each set's cued quadrant. Duplicate
+    categories, layers (one layer named two ways) and methods are merged with a note.
+    """
+    checked = check_sweep(config, network, detectors.categories, tasks)
+    grid, categories = checked.grid, checked.categories
     methods = grid.rules
     check_values_match(values, network)
     value_categories = [str(c) for c in values["category"].values]
@@ -170,13 +203,6 @@ def resolve_sweep(
                 f"method {method.name!r} needs values {missing}, which the values file lacks; "
                 "compute them with `bioattn values` for these image types"
             )
-    if tasks is not None:
-        _check_tasks(tasks, config.image_types, categories)
-    elif any(m.spatial for m in methods):
-        raise ConfigError(
-            "spatial methods need task sets with a cued quadrant (e.g. the orientation task, "
-            "`bioattn orientation`); pass them as tasks"
-        )
     config = replace(
         config,
         betas=grid.betas,
@@ -184,7 +210,7 @@ def resolve_sweep(
         methods=tuple(m.name for m in methods),
     )
     layers = [la for s in grid.settings for la in s.layers if s.name != ALL_LAYERS]
-    return ResolvedSweep(config, categories, layers, methods, grid, notes)
+    return ResolvedSweep(config, categories, layers, methods, grid, checked.notes)
 
 
 def _check_tasks(
