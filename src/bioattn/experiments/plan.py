@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bioattn.errors import ConfigError
+from bioattn.report.tables import format_duration
 
 if TYPE_CHECKING:
     from bioattn.experiments.config import ExperimentConfig
@@ -98,8 +99,8 @@ class Plan:
                 lines.append(f"  {item.what}: {item.images:,} images{cost}")
             if self.seconds is not None:
                 lines.append(
-                    f"  estimated time: {_duration(self.seconds)} (from one timed forward pass "
-                    f"here, {self.seconds_per_image * 1e3:.2f} ms per image; rough)"
+                    f"  estimated time: {format_duration(self.seconds)} (from one timed "
+                    f"forward pass here, {self.seconds_per_image * 1e3:.2f} ms per image; rough)"
                 )
         else:
             lines.append("work: none (everything needed is there)")
@@ -110,14 +111,6 @@ class Plan:
                 lines.append(f"  estimated disk: {_size(self.disk_bytes)}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _size(n: float) -> str:
@@ -159,7 +152,12 @@ class Sketch:
 
 def sketch(config: ExperimentConfig) -> Sketch:
     """The :class:`Sketch` of ``config``: its network and categories, checked, cheaply."""
-    from bioattn.experiments.prepare import data_categories, embedded_architecture, folder_geometry
+    from bioattn.experiments.prepare import (
+        configured_network,
+        data_categories,
+        embedded_architecture,
+        folder_geometry,
+    )
     from bioattn.models.zoo import build_network
 
     categories, n_train = data_categories(config.data)
@@ -174,12 +172,7 @@ def sketch(config: ExperimentConfig) -> Sketch:
         needs_training = not (cache / "metrics.json").exists()
         result = Sketch(network, categories, needs_training, n_train, cache)
     else:
-        network = build_network(
-            config.model.spec,
-            config.model.weights or None,
-            seed=config.model.seed,
-            readout=config.model.readout or None,
-        )
+        network = configured_network(config)
         if config.data.kind == "image-folder":
             folder_geometry(config.data, network)
         result = Sketch(network, categories, False, n_train)

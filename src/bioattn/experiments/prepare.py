@@ -150,6 +150,17 @@ def load_images(data: DataSection, network: Network | None = None) -> tuple[Imag
     return train, test
 
 
+def configured_network(config: ExperimentConfig) -> Network:
+    """The ``[model]`` network of a config that does not name an embedded one (those are
+    trained; see :func:`prepare`): built, with its weights loaded."""
+    return build_network(
+        config.model.spec,
+        config.model.weights or None,
+        seed=config.model.seed,
+        readout=config.model.readout or None,
+    )
+
+
 def prepare(
     config: ExperimentConfig | str | Path | None = None,
     *,
@@ -193,12 +204,7 @@ def prepare(
             "cache": str(trained.path),
         }
     else:
-        network = build_network(
-            config.model.spec,
-            config.model.weights or None,
-            seed=config.model.seed,
-            readout=config.model.readout or None,
-        )
+        network = configured_network(config)
         train, test = load_images(config.data, network)
         detectors_path = run / "detectors.safetensors"
         if detectors_path.exists():

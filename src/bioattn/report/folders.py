@@ -29,7 +29,7 @@ import plotly.graph_objects as go
 
 from bioattn.errors import DataError
 from bioattn.report import figures as rf
-from bioattn.report.tables import Table, format_number
+from bioattn.report.tables import Table, format_duration, format_number
 
 __all__ = ["Finding", "Plot", "Section", "read_folder"]
 
@@ -197,14 +197,6 @@ def _span(values: list[Any]) -> str:
     return f"{format_number('beta', min(numbers))}–{format_number('beta', max(numbers))}"
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _facts(config: dict[str, Any], tables: dict[str, pd.DataFrame], path: Path) -> list[str]:
     """Two lines: what was run (model, data, task) and the conditions, time and versions."""
     settings = config.get("settings") if isinstance(config.get("settings"), dict) else {}
@@ -264,7 +256,7 @@ def _facts(config: dict[str, Any], tables: dict[str, pd.DataFrame], path: Path) 
             numbers = [v for v in timings.values() if isinstance(v, (int, float))]
             total = sum(numbers) if numbers else None
         if isinstance(total, (int, float)) and not math.isnan(total):
-            tail.append(f"took {_duration(float(total))}")
+            tail.append(f"took {format_duration(float(total))}")
     environment = config.get("environment")
     if isinstance(environment, dict):
         versions = [

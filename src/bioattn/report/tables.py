@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-__all__ = ["Table", "format_number", "render_table"]
+__all__ = ["Table", "format_duration", "format_number", "render_table"]
 
 #: (mean, low, high, heading) column triples merged into "mean [low, high]".
 _INTERVALS = (
@@ -248,3 +248,12 @@ def render_table(table: Table, table_id: str, collapse_over: int = 15) -> str:
             f"</summary>{note}{controls}{body}</details>"
         )
     return f'<div class="table"><h3>{title}</h3>{note}{controls}{body}</div>'
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as people read it: seconds below 90 s, minutes below 90 min, else hours."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
