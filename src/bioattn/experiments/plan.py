@@ -132,26 +132,34 @@ class Sketch:
     needs_training: bool = False
     train_images: int | None = None  # training images, when known without loading them
     model_cache: Path | None = None
+    image_size: int | None = None  # side of the images fed to the network, when known
 
-    def time_forward(self, batch: int = 16) -> float:
-        """Seconds per image of one forward pass here (best of two timed batches)."""
+    def time_forward(self, max_batch: int = 256, enough: float = 0.2) -> float:
+        """Seconds per image of one forward pass here: batches grow (8, 32, 128, ...) until
+        one takes ``enough`` seconds or reaches ``max_batch``, as sweeps run in large batches
+        and small ones overstate the cost per image many times over; best of two timings."""
         import torch
 
         network = self.network
-        side = network.input_size or network.sites.probe_size
-        x = torch.zeros(batch, network.input_channels, side, side, device=network.device)
-        best = float("inf")
+        side = network.input_size or self.image_size or network.sites.probe_size
+        batch = 8
         with torch.no_grad():
-            network(x)  # warm-up: first calls allocate
-            for _ in range(2):
-                started = time.perf_counter()
-                network(x)
-                best = min(best, time.perf_counter() - started)
-        return best / batch
+            while True:
+                x = torch.zeros(batch, network.input_channels, side, side, device=network.device)
+                network(x)  # warm-up: the first call of a shape allocates
+                best = float("inf")
+                for _ in range(2):
+                    started = time.perf_counter()
+                    network(x)
+                    best = min(best, time.perf_counter() - started)
+                if best >= enough or batch >= max_batch:
+                    return best / batch
+                batch = min(4 * batch, max_batch)
 
 
 def sketch(config: ExperimentConfig) -> Sketch:
     """The :class:`Sketch` of ``config``: its network and categories, checked, cheaply."""
+    from bioattn.data.fashion_mnist import IMAGE_SIZE
     from bioattn.experiments.prepare import (
         configured_network,
         data_categories,
@@ -161,6 +169,7 @@ def sketch(config: ExperimentConfig) -> Sketch:
     from bioattn.models.zoo import build_network
 
     categories, n_train = data_categories(config.data)
+    image_size = IMAGE_SIZE if config.data.kind == "fashion-mnist" else None
     architecture = embedded_architecture(config)
     if architecture is not None:
         from bioattn.data.fashion_mnist import find_data_dir
@@ -170,12 +179,12 @@ def sketch(config: ExperimentConfig) -> Sketch:
         cache = model_dir(settings, find_data_dir(config.data.path or None))
         network = build_network(architecture, widths=settings.widths, seed=settings.seed)
         needs_training = not (cache / "metrics.json").exists()
-        result = Sketch(network, categories, needs_training, n_train, cache)
+        result = Sketch(network, categories, needs_training, n_train, cache, image_size)
     else:
         network = configured_network(config)
         if config.data.kind == "image-folder":
-            folder_geometry(config.data, network)
-        result = Sketch(network, categories, False, n_train)
+            image_size = folder_geometry(config.data, network)[0]
+        result = Sketch(network, categories, False, n_train, image_size=image_size)
     network.to(config.model.device)
     return result
 
