@@ -58,9 +58,6 @@ LONG_NAMES: dict[str, str] = {
     "method": "attention method: value type and gain rule (none: unattended)",
     "beta": "attention strength beta",
     # Brain-Score-style assemblies (bioattn.experiments.assembly)
-    "assembly": "spatially averaged post-ReLU activity of the feature map",
-    "presentation": "index of the stimulus presentation (recording row)",
-    "neuroid": "index of the neuroid (feature map)",
     "stimulus_id": "identifier of the stimulus (task category, role and image index)",
     "neuroid_id": "identifier of the neuroid (layer alias and channel)",
     "category_name": "category whose stimulus set the image belongs to",

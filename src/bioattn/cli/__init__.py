@@ -1,7 +1,7 @@
 """The ``bioattn`` command line: one entry point, one subcommand per job.
 
 Each command group lives in its own module (``model``, ``sweep``, ``psychophysics``, ``neural``,
-``mechanisms``, ``ssn``) and each command parses its flags, builds an
+``export``, ``mechanisms``, ``ssn``) and each command parses its flags, builds an
 :class:`~bioattn.experiments.config.ExperimentConfig` from ``--config`` and the shared model/data
 options (:mod:`bioattn.cli.common`), calls the library and prints; see ``bioattn COMMAND --help``.
 """
@@ -34,7 +34,7 @@ def torch_version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    from bioattn.cli import info, mechanisms, model, neural, psychophysics, ssn, sweep
+    from bioattn.cli import export, info, mechanisms, model, neural, psychophysics, ssn, sweep
 
     parser = argparse.ArgumentParser(
         prog="bioattn",
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"bioattn {__version__} (torch {torch_version()})"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (model, sweep, psychophysics, neural, mechanisms, ssn, info):
+    for group in (model, sweep, psychophysics, neural, export, mechanisms, ssn, info):
         group.register(sub)
     return parser
 
