@@ -98,6 +98,8 @@ def save_assembly(assembly: xr.DataArray, path: str | Path) -> Path:
     Read it back with ``xarray.open_dataarray(path, engine="h5netcdf")``.
     """
     path = Path(path)
+    # the attributes go on the file and stay on the variable: open_dataarray (how Brain-Score's
+    # brainio reads assemblies) gives the variable's
     dataset = cf_dataset(
         assembly.to_dataset(promote_attrs=True),
         "bioattn Brain-Score-style assembly of feature-map activity",
