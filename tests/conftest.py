@@ -140,3 +140,40 @@ def ssn_setup():
     )
     detectors = fit_detectors(ssn.readout_features(images.images), images.labels, images.categories)
     return plain, ssn, detectors, images
+
+
+def make_tiny_recording(path, **overrides):
+    """A small recording of the tiny network on six-category array images, written to ``path``:
+    categories a and b, attention at conv2_1 (β 0.5), full maps of conv1_1, detector logits
+    and reference rows. ``overrides`` replace fields of its RecordingConfig."""
+    from bioattn.attention.values import tuning_values
+    from bioattn.experiments.recording import RecordingConfig, record
+    from bioattn.models.detectors import fit_detectors
+
+    network = make_tiny_network()
+    train, test = six_categories("train"), six_categories("test")
+    detectors = fit_detectors(
+        network.readout_features(train.images), train.labels, train.categories
+    )
+    settings = {
+        "categories": ("a", "b"),
+        "attend_layers": ("conv2_1",),
+        "betas": (0.5,),
+        "image_type": "array",
+        "full_maps": ("conv1_1",),
+        "n_pos": 3,
+        "n_neg": 2,
+        "n_reference": 2,
+        "batch_size": 4,
+        **overrides,
+    }
+    values = tuning_values(network, train)
+    return record(
+        network,
+        values,
+        test,
+        path,
+        RecordingConfig(**settings),
+        detectors=detectors,
+        progress=False,
+    )

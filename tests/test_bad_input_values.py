@@ -31,6 +31,7 @@ from bioattn.experiments.prepare import prepare
 from bioattn.experiments.sweep import SweepConfig, resolve_sweep, run_sweep
 from bioattn.models.detectors import fit_detectors
 from bioattn.models.network import Network
+from bioattn.netcdf import read_layer_table
 from tests.conftest import make_image_set, make_tiny_network, six_categories, write_pattern_folder
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -87,7 +88,7 @@ def test_values_carry_the_fingerprint_of_their_model(
     assert loaded.attrs[FINGERPRINT_ATTR] == full
 
 
-def test_values_numbers_are_unchanged_only_the_fingerprint_is_new():
+def test_values_numbers_are_unchanged_only_the_fingerprint_and_layer_lists_are_new():
     if str(GOLDEN) not in sys.path:
         sys.path.insert(0, str(GOLDEN))
     from make_golden import tiny_values
@@ -101,6 +102,11 @@ def test_values_numbers_are_unchanged_only_the_fingerprint_is_new():
     with xr.open_dataset(GOLDEN / "values.nc", engine="h5netcdf") as handle:
         old = handle.load()
     assert new.attrs.pop(FINGERPRINT_ATTR) == model_fingerprint(network, detectors)
+    # the layer table is now two string lists (the old files' JSON form is still read)
+    assert read_layer_table(new) == read_layer_table(old)
+    for dataset in (new, old):
+        for key in ("layers", "layer_modules"):
+            dataset.attrs.pop(key, None)
     xr.testing.assert_identical(new, old)  # bit-identical numbers, coordinates and attrs
 
 

@@ -34,6 +34,7 @@ COMMANDS = {
     "orientation",
     "record",
     "analyze",
+    "export",
     "mechanisms",
     "ssn",
     "info",

@@ -26,6 +26,7 @@ from make_golden import METHODS, recording_config, spatial_tasks  # noqa: E402
 
 from bioattn.experiments.sweep import SweepConfig, run_sweep  # noqa: E402
 from bioattn.models.detectors import fit_detectors  # noqa: E402
+from bioattn.netcdf import read_layer_table  # noqa: E402
 
 from .conftest import make_tiny_network, six_categories  # noqa: E402
 
@@ -135,7 +136,14 @@ def test_recording_is_unchanged(setup, tmp_path, engine):
     )
     new, old = load_recording(path), load_recording(GOLDEN / "recording.nc")
     assert sorted(new.variables) == sorted(old.variables)
-    assert new.attrs == old.attrs
+    # the intended change: CF attributes, and the layer table as string lists (still read from
+    # the old JSON form)
+    added = {"Conventions", "title", "source", "history", "layers", "layer_modules"}
+    assert {k: v for k, v in new.attrs.items() if k not in added} == {
+        k: v for k, v in old.attrs.items() if k not in added
+    }
+    assert read_layer_table(new) == read_layer_table(old)
+    assert new.attrs["Conventions"] == "CF-1.8"
     for name in old.variables:
         if old[name].dtype.kind in "fc" and engine == "batched":
             # the engine's tails agree with full passes to float32 rounding (relative to the

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import pytest
@@ -294,3 +295,108 @@ def test_report_is_self_contained_html(base, capsys):
     assert "performance_increase.png" in page and "Configuration (config.json)" in page
     assert "torch" in page  # versions from config.json
     assert main(["report", str(base / "nowhere")]) == 2
+
+
+# --- submitit job arrays (a fake executor: no Slurm, no processes) ---------------------------
+class FakeJob:
+    """A submitit job that runs its function when its result is asked for."""
+
+    def __init__(self, job_id: str, fn, args: tuple) -> None:
+        self.job_id, self.fn, self.args = job_id, fn, args
+
+    def result(self):
+        return self.fn(*self.args)
+
+
+class FakeExecutor:
+    """Records every submission; jobs submitted one by one are refused."""
+
+    instances: ClassVar[list[FakeExecutor]] = []
+
+    def __init__(self, folder=None, cluster=None) -> None:
+        self.folder, self.cluster, self.parameters = folder, cluster, {}
+        self.arrays: list[list[tuple]] = []
+        FakeExecutor.instances.append(self)
+
+    def update_parameters(self, **parameters) -> None:
+        self.parameters.update(parameters)
+
+    def map_array(self, fn, *iterables):
+        calls = list(zip(*iterables, strict=True))
+        self.arrays.append(calls)
+        return [FakeJob(f"7_{i}", fn, args) for i, args in enumerate(calls)]
+
+    def submit(self, *args, **kwargs):
+        raise AssertionError("shards must go in one job array, not one submission each")
+
+
+def fake_job(run_dir: Path, shards):
+    """Finishes every shard, except that the job of shard ``b/conv1_1`` dies after writing
+    the first of its shards, and shard ``c/all`` fails inside its job."""
+    outcomes = []
+    for shard in shards:
+        if (shard.category, shard.layer) == ("b", "conv1_1"):
+            raise RuntimeError("the job was killed (simulated)")
+        if (shard.category, shard.layer) == ("c", "all"):
+            outcomes.append(shards_module.ShardOutcome(shard, "failed", "ValueError: bad"))
+            continue
+        path = shards_module._shard_path(run_dir, shard)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"rows")
+        outcomes.append(shards_module.ShardOutcome(shard, "done"))
+    return outcomes
+
+
+def test_submitit_gets_one_job_array_and_failures_are_reported_per_shard(tmp_path, monkeypatch):
+    import types
+
+    FakeExecutor.instances.clear()
+    monkeypatch.setitem(sys.modules, "submitit", types.SimpleNamespace(AutoExecutor=FakeExecutor))
+    shards = [
+        shards_module.Shard(category, layer)
+        for category in "abc"
+        for layer in ("conv1_1", "conv2_1", "all")
+    ]
+    # the job of b: b/all is done before b/conv1_1 kills the job; b/conv2_1 never runs
+    order = [*shards[:3], shards[5], shards[3], shards[4], *shards[6:]]
+    jobs = [order[0:3], order[3:6], order[6:9]]
+    outcomes = shards_module.run_jobs(
+        fake_job,
+        (tmp_path,),
+        jobs,
+        "submitit",
+        folder=tmp_path,
+        submitit_parameters={"timeout_min": 5},
+    )
+    (executor,) = FakeExecutor.instances
+    assert executor.folder == tmp_path / "submitit" and executor.parameters == {"timeout_min": 5}
+    assert executor.arrays == [[(tmp_path, job) for job in jobs]]  # one array, every shard
+    status = {(o.shard.category, o.shard.layer): o.status for o in outcomes}
+    assert len(outcomes) == 9 and len(status) == 9
+    assert status == {
+        **{(c, layer): "done" for c in "abc" for layer in ("conv1_1", "conv2_1", "all")},
+        ("b", "conv1_1"): "failed",
+        ("b", "conv2_1"): "failed",
+        ("c", "all"): "failed",
+    }
+    killed = [o for o in outcomes if o.shard.category == "b" and o.status == "failed"]
+    for outcome in killed:
+        assert outcome.error == "job 7_1 failed: RuntimeError: the job was killed (simulated)"
+        error_file = tmp_path / "shards" / f"{outcome.shard.name}.error.txt"
+        assert "killed (simulated)" in error_file.read_text()
+    # the shard the killed job finished stays
+    assert shards_module._shard_path(tmp_path, shards_module.Shard("b", "all")).exists()
+
+
+def test_a_stale_shard_file_of_a_failed_job_is_not_counted_done(tmp_path):
+    shard = shards_module.Shard("b", "conv1_1")
+    stale = shards_module._shard_path(tmp_path, shard)
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"from another sweep")
+    outcomes = shards_module.run_job_array(
+        FakeExecutor(), fake_job, (tmp_path,), [[shard]], tmp_path
+    )
+    assert [(o.status, o.error.startswith("job 7_0 failed")) for o in outcomes] == [
+        ("failed", True)
+    ]
+    assert shards_module.run_job_array(FakeExecutor(), fake_job, (tmp_path,), []) == []

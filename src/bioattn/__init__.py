@@ -50,6 +50,7 @@ _API = {
     "build_network": "bioattn.models.zoo",
     "run_replication": "bioattn.experiments.replication",
     "run_replicate": "bioattn.experiments.replication",
+    "to_brainscore_assembly": "bioattn.experiments.assembly",
 }
 
 __all__ = [
@@ -78,12 +79,14 @@ __all__ = [
     "run_replicate",
     "run_replication",
     "run_sweep",
+    "to_brainscore_assembly",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
     from bioattn.attention.gains import Modulation, modulate
     from bioattn.attention.rules import ValueSource, parse_rule
     from bioattn.data.tasks import make_task_set
+    from bioattn.experiments.assembly import to_brainscore_assembly
     from bioattn.experiments.config import ExperimentConfig, load_config
     from bioattn.experiments.evaluate import Probe, make_evaluator
     from bioattn.experiments.grid import Arm, Condition, Grid, LayerSetting, layer_settings

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
@@ -43,6 +42,7 @@ from bioattn.logs import progress_bar
 from bioattn.models.detectors import Detectors
 from bioattn.models.hooks import capture_activity, concat_units, record_map_means
 from bioattn.models.network import LayerInfo, Network
+from bioattn.netcdf import cf_dataset, layer_attrs, read_layer_table
 
 #: Value types that sweeps understand, besides ``gradient`` (stored per image type).
 VALUE_TYPES = ("tuning", "gradient")
@@ -91,12 +91,6 @@ def _unit_coords(network: Network) -> dict[str, tuple[str, np.ndarray]]:
     return {"layer": ("unit", np.array(layers)), "channel": ("unit", np.array(channels))}
 
 
-def layer_table(layers: Sequence[LayerInfo]) -> str:
-    """The JSON table ``[[alias, conv (else site name), maps], ...]`` that values and recording
-    files keep, to check they belong to a network."""
-    return json.dumps([[la.alias, la.conv or la.name, la.channels] for la in layers])
-
-
 def empty_values(network: Network, categories: Sequence[str]) -> xr.Dataset:
     """A values dataset with the network's unit coordinates and no variables yet."""
     n_units = sum(layer.channels for layer in network.layers)
@@ -104,7 +98,7 @@ def empty_values(network: Network, categories: Sequence[str]) -> xr.Dataset:
         coords={"category": list(categories), "unit": np.arange(n_units), **_unit_coords(network)},
         attrs={
             "model": network.name,
-            "layers": layer_table(network.layers),
+            **layer_attrs(network.layers),
             FINGERPRINT_ATTR: model_fingerprint(network),
         },
     )
@@ -245,8 +239,9 @@ def check_values_match(
     a fingerprint (written by older versions) are accepted with a warning. DataError when an
     entry is not finite (:func:`check_values_finite`). ``source`` names the values in messages.
     """
-    expected = layer_table(network.layers)
-    found = values.attrs.get("layers")
+    # files before the CF attributes hold a JSON table; read_layer_table reads both forms
+    expected = [(la.alias, la.conv or la.name, la.channels) for la in network.layers]
+    found = read_layer_table(values)
     if found != expected:
         raise ConfigError(
             f"{source} does not match model {network.name!r}: it holds layers "
@@ -350,10 +345,10 @@ def _describe_entry(values: xr.Dataset, dims: Sequence[object], index: np.ndarra
     return ", ".join(parts)
 
 
-def _describe_layers(table: str | None) -> str:
+def _describe_layers(table: Sequence[tuple[str, str, int]] | None) -> str:
     if not table:
         return "(no layer table)"
-    return ", ".join(f"{alias}[{channels}]" for alias, _path, channels in json.loads(table))
+    return ", ".join(f"{alias}[{channels}]" for alias, _path, channels in table)
 
 
 def variable_name(method: str, image_type: str) -> str:
@@ -397,9 +392,14 @@ def save_values(values: xr.Dataset, path: str | Path) -> Path:
     """Write values as netCDF (HDF5-based, via h5netcdf) atomically.
 
     Numeric variables are stored with HDF5's Fletcher-32 checksum, so that a file whose bytes
-    were damaged later fails to load instead of giving other numbers.
+    were damaged later fails to load instead of giving other numbers. The file carries CF
+    attributes (:mod:`bioattn.netcdf`): units and long names, Conventions, title, source and
+    history; ``values`` itself is not changed.
     """
     path = Path(path)
+    values = cf_dataset(
+        values, "bioattn attention values per feature map", "bioattn.attention.values.save_values"
+    )
     encoding = {
         name: {"fletcher32": True}
         for name, variable in values.variables.items()

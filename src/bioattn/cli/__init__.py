@@ -1,7 +1,7 @@
 """The ``bioattn`` command line: one entry point, one subcommand per job.
 
 Each command group lives in its own module (``model``, ``sweep``, ``psychophysics``, ``neural``,
-``mechanisms``, ``ssn``) and each command parses its flags, builds an
+``export``, ``mechanisms``, ``ssn``) and each command parses its flags, builds an
 :class:`~bioattn.experiments.config.ExperimentConfig` from ``--config`` and the shared model/data
 options (:mod:`bioattn.cli.common`), calls the library and prints; see ``bioattn COMMAND --help``.
 """
@@ -34,7 +34,17 @@ def torch_version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    from bioattn.cli import info, mechanisms, model, neural, psychophysics, ssn, sweep, templates
+    from bioattn.cli import (
+        export,
+        info,
+        mechanisms,
+        model,
+        neural,
+        psychophysics,
+        ssn,
+        sweep,
+        templates,
+    )
 
     parser = argparse.ArgumentParser(
         prog="bioattn",
@@ -45,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_verbosity(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (model, sweep, psychophysics, neural, mechanisms, ssn, info, templates):
+    for group in (model, sweep, psychophysics, neural, export, mechanisms, ssn, info, templates):
         group.register(sub)
     for path, command in _commands(parser):
         command.set_defaults(command_path=" ".join(path))

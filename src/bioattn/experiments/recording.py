@@ -37,7 +37,10 @@ condition along the unlimited dimension ``stimulus``; the rows of a condition ar
 ``tuning``                        (category, unit): tuning values of the recorded maps
 ================================  =====================================================
 
-Per-unit coordinates ``layer`` (alias) and ``channel`` (Brain-Score's convention). Per-row
+Every variable and coordinate carries CF ``units`` and ``long_name``, the file the CF-1.8
+global attributes (:mod:`bioattn.netcdf`); the global ``layers`` and ``layer_modules`` (string
+lists) name the recorded layers. Per-unit coordinates ``layer`` (alias) and ``channel``
+(Brain-Score's convention). Per-row
 coordinates: ``condition`` (integer id), ``role`` (``task`` or ``reference``),
 ``task_category`` (whose stimulus set the image belongs to), ``image`` (index in that set),
 ``is_target`` (positive image), ``target_quadrant`` (0–3 for array positives, −1 otherwise),
@@ -80,7 +83,7 @@ from bioattn.analysis.neural import (
     UNATTENDED,
 )
 from bioattn.attention.rules import ALL_LAYERS_FACTOR, GainRule, ValueSource, parse_rules
-from bioattn.attention.values import check_values_match, layer_table
+from bioattn.attention.values import check_values_match
 from bioattn.data.composites import QUADRANTS
 from bioattn.data.imageset import ImageSet, resolve_categories
 from bioattn.data.tasks import IMAGE_TYPES, TaskSet, make_task_set
@@ -105,6 +108,7 @@ from bioattn.logs import progress_bar
 from bioattn.models.detectors import Detectors
 from bioattn.models.hooks import capture_activity
 from bioattn.models.network import LayerInfo, Network
+from bioattn.netcdf import annotate_file, layer_attrs
 
 _STRING_ROWS = ("role", "task_category", "attended_category", "attended_layer", "method")
 _ROW_DTYPES = {"condition": "i4", "image": "i4", "is_target": "i1", "target_quadrant": "i1"}
@@ -117,6 +121,8 @@ FILE_OVERHEAD_BYTES = 1 << 20
 WRITE_BUFFER_BYTES = 8 << 20
 #: The recording is refused when its estimate times this factor exceeds the free space.
 DISK_MARGIN = 1.05
+#: ``title`` attribute of recording files.
+RECORDING_TITLE = "bioattn recording of feature-map activity with and without feature attention"
 
 
 @dataclass(frozen=True)
@@ -467,6 +473,8 @@ class _Writer:
             self.logit.attrs["description"] = "logit of the task category's detector"
         for key, value in attrs.items():
             f.attrs[key] = value
+        # every variable exists now: give each its units and long name (CF)
+        annotate_file(f, RECORDING_TITLE, "bioattn.experiments.recording.record")
 
     def append(
         self,
@@ -545,7 +553,7 @@ def _attrs(
         "bioattn_version": __version__,
         "image_type": config.image_type,
         "source_split": split,
-        "layers": layer_table(plan.record_layers),
+        **layer_attrs(plan.record_layers),
         "network_layers": json.dumps([la.alias for la in network.layers]),
         "attended_categories": json.dumps(plan.categories),
         "attend_layers": json.dumps([s.name for s in plan.settings]),

@@ -13,7 +13,8 @@ row for row, that one uninterrupted :func:`~bioattn.experiments.sweep.run_sweep`
 Shards are packed into jobs (several shards per job, so that a worker loads the model once per
 job) and run by an executor: ``local`` (in this process), ``process`` (a pool of worker
 processes, each loading the experiment from its config) or ``submitit`` (Slurm through the
-optional ``submitit`` package; its local executor runs the same jobs on this machine).
+optional ``submitit`` package, all jobs as one job array; its local executor runs the same jobs
+on this machine). A submitit job that fails as a whole fails each of its unfinished shards.
 ``process`` workers end with the sweep's process, however it ends (``kill -9`` included).
 
 A configured sweep holds ``RUN/.lock`` (an exclusive ``flock``) from start to end, so that two
@@ -409,8 +410,61 @@ def run_jobs(
     cluster = os.environ.get("BIOATTN_SUBMITIT_CLUSTER")  # "local" / "debug" for tests
     auto = submitit.AutoExecutor(folder=submit_folder, cluster=cluster)
     auto.update_parameters(**dict(submitit_parameters or {}))
-    handles = [auto.submit(job, *job_args, shards) for shards in jobs]
-    return [outcome for handle in handles for outcome in handle.result()]
+    return run_job_array(auto, job, job_args, jobs, folder)
+
+
+def run_job_array(
+    executor: Any,
+    job: Callable[..., list[ShardOutcome]],
+    job_args: tuple,
+    jobs: Sequence[Sequence[Shard]],
+    run_dir: Path | None = None,
+) -> list[ShardOutcome]:
+    """Submit every job as one job array of a submitit ``executor`` and wait for them all.
+
+    One array is one Slurm submission however many jobs it holds (jobs submitted one by one
+    are as many submissions, which clusters limit). Shard failures inside a job are reported
+    by the job itself. A job that fails as a whole (killed, out of memory, its experiment not
+    loading) does not lose the other jobs' outcomes: with ``run_dir``, each of its shards whose
+    file it wrote before failing is ``done``, and every other one ``failed`` with the job's
+    error, also written to the shard's error file; without ``run_dir`` all its shards fail.
+    """
+    jobs = [list(shards) for shards in jobs]
+    if not jobs:
+        return []
+    # the shard files as they were: a failed job may still have finished some of its shards
+    before = {s.name: _mtime(run_dir, s) for shards in jobs for s in shards} if run_dir else {}
+    # map_array takes one iterable per argument: the shared arguments repeat for every job
+    handles = executor.map_array(job, *([arg] * len(jobs) for arg in job_args), jobs)
+    outcomes: list[ShardOutcome] = []
+    for shards, handle in zip(jobs, handles, strict=True):
+        try:
+            outcomes += handle.result()
+        except Exception as error:  # the whole job failed, not one of its shards
+            message = (
+                f"job {getattr(handle, 'job_id', '?')} failed: {type(error).__name__}: {error}"
+            )
+            for shard in shards:
+                if run_dir is None:
+                    outcomes.append(ShardOutcome(shard, "failed", message))
+                    continue
+                written = _mtime(run_dir, shard)
+                if written is not None and written != before[shard.name]:
+                    outcomes.append(ShardOutcome(shard, "done"))  # written atomically: whole
+                    continue
+                path = _error_path(Path(run_dir), shard)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(path, message.encode())
+                outcomes.append(ShardOutcome(shard, "failed", message))
+    return outcomes
+
+
+def _mtime(run_dir: Path, shard: Shard) -> int | None:
+    """Modification time (ns) of a shard's file, ``None`` when there is none."""
+    try:
+        return _shard_path(Path(run_dir), shard).stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
 
 
 #: The sweep process a pool worker serves (set in the worker by :func:`_die_with_parent`).
