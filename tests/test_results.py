@@ -102,3 +102,12 @@ def test_bad_settings_are_refused_before_any_work(experiment):
 def test_load_results_names_a_folder_without_a_table(tmp_path):
     with pytest.raises(DataError, match=r"has no performance\.parquet"):
         bioattn.load_results(tmp_path)
+
+
+def test_a_saved_result_is_a_results_folder_the_report_reads(result, tmp_path):
+    from bioattn.cli import main
+
+    folder = result.save(tmp_path / "saved")
+    assert main(["report", str(folder)]) == 0
+    assert (folder / "report.html").stat().st_size > 0
+    assert bioattn.load_results(folder).table.equals(result.table)  # the report's files are extra
