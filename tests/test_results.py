@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
@@ -111,3 +112,17 @@ def test_a_saved_result_is_a_results_folder_the_report_reads(result, tmp_path):
     assert main(["report", str(folder)]) == 0
     assert (folder / "report.html").stat().st_size > 0
     assert bioattn.load_results(folder).table.equals(result.table)  # the report's files are extra
+
+
+def test_one_name_or_any_sequence_is_taken_for_a_tuple_setting(experiment):
+    found = bioattn.sweep(
+        experiment,
+        layers="conv2_1",
+        betas=np.array([0.0, 1.0]),
+        methods="tuning",
+        all_layers=False,
+        progress=False,
+    )
+    assert found.config.layers == ("conv2_1",)
+    assert found.config.betas == (0.0, 1.0) and type(found.config.betas[1]) is float
+    assert set(found.table["layer"]) == {"conv2_1"} and set(found.table["method"]) == {"tuning"}

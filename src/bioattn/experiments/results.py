@@ -51,6 +51,8 @@ RESULT_KIND = "sweep"
 #: default, since a summary is looked at interactively; ample for a 95 % interval.
 SUMMARY_BOOTSTRAP = 5_000
 _SWEEP_FIELDS = tuple(f.name for f in dataclasses.fields(SweepConfig))
+#: The SweepConfig fields that hold tuples (layers, betas, methods, ...).
+_TUPLE_FIELDS = frozenset(f.name for f in dataclasses.fields(SweepConfig) if "tuple" in str(f.type))
 #: Summary columns shown by :meth:`SweepResult._repr_html_` and ``repr``.
 _SHOWN = ("image_type", "layer", "method", "mean_delta_pp", "ci_low_pp", "ci_high_pp")
 
@@ -192,6 +194,16 @@ def load_results(folder: str | Path) -> SweepResult:
     return SweepResult(table, values, config, document.get("model", {}))
 
 
+def _as_field(key: str, value: Any) -> Any:
+    """A keyword's value as SweepConfig holds it: one name (``layers="conv3_1"``) or any
+    sequence (a list, a range, a numpy array of β) as a tuple."""
+    if key not in _TUPLE_FIELDS:
+        return value
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value.tolist() if hasattr(value, "tolist") else value)
+
+
 def _sweep_config(fields: dict[str, Any]) -> SweepConfig:
     """A SweepConfig from JSON (lists back to the tuples SweepConfig holds)."""
     return SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
@@ -225,11 +237,7 @@ def sweep(
             f"unknown sweep settings {unknown}; valid: layers, betas, {', '.join(_SWEEP_FIELDS)}"
         )
     given = {"layers": layers, "betas": betas, **config}
-    changes = {
-        key: (tuple(value) if isinstance(value, (list, tuple, range)) else value)
-        for key, value in given.items()
-        if value is not None
-    }
+    changes = {key: _as_field(key, value) for key, value in given.items() if value is not None}
     sweep_config = dataclasses.replace(experiment.config.sweep, **changes)
     table = run_sweep(
         experiment.network,
