@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench setup data browser report-screenshot clean
+.PHONY: demo test lint bench docs setup data browser report-screenshot clean
 
 setup: $(STAMP) data
 
@@ -51,6 +51,11 @@ bench: setup
 	$(PY) benchmarks/recording.py
 	$(PY) benchmarks/architectures.py
 	$(PY) benchmarks/replication_time.py
+
+# The documentation site (mkdocs.yml) into site/: offline, strict (a broken link or docstring
+# reference is an error); open site/index.html.
+docs: setup
+	$(VENV)/bin/mkdocs build --strict -d site
 
 # The README's screenshot of a report page (a demo results folder; default runs/demo).
 report-screenshot: setup browser

@@ -177,3 +177,59 @@ def make_tiny_recording(path, **overrides):
         detectors=detectors,
         progress=False,
     )
+
+
+def tiny_rgb_vgg() -> nn.Module:
+    """Three conv blocks (conv1_1, conv2_1, conv3_1: the default network's layer names) of 3,
+    4 and 6 maps for 3-channel images, 3 categories: the tutorials' layers exist on it."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    )
+
+
+TINY_CONFIG_TOML = """
+[model]
+spec = "{spec}"
+
+[data]
+kind = "image-folder"
+path = "{data}"
+size = 16
+resize = 16
+detector_images = 12
+
+[values]
+gradient_images = 4
+
+[sweep]
+image_types = ["merged"]
+betas = [0, 0.5]
+n_pos = 4
+n_neg = 4
+
+[run]
+out = "{out}"
+"""
+
+
+def write_tiny_config(root, spec: str = "tests.conftest:tiny_rgb_vgg"):
+    """``root/tiny.toml``: a pattern image folder (three categories of 16-pixel images), the
+    tiny model ``spec`` and sweep settings small enough that ``prepare`` and a sweep take
+    seconds; the run folder is ``root/run``. Returns the file's path."""
+    data = root / "images"
+    if not data.exists():
+        write_pattern_folder(data, n_per_category=8)
+    path = root / "tiny.toml"
+    path.write_text(TINY_CONFIG_TOML.format(spec=spec, data=data, out=root / "run"))
+    return path

@@ -33,14 +33,15 @@ def test_the_readme_python_examples_run(tmp_path, monkeypatch, quick_replication
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
-    assert set(namespace["table"]["layer"]) >= {"conv3_1"}
+    assert set(namespace["result"].table["layer"]) >= {"conv3_1"}
+    assert "mean_delta_pp" in namespace["result"].summary
     assert len(namespace["sink"].table()) > 0
     assert namespace["features"].shape[0] == 150
-    assert set(namespace["result"]["verdicts"]["verdict"]) <= {
+    assert set(namespace["replicated"]["verdicts"]["verdict"]) <= {
         "holds",
         "does not hold",
         "mixed",
         "not run",
     }
-    assert "mean_delta_pp" in namespace["result"]["effects"]
+    assert "mean_delta_pp" in namespace["replicated"]["effects"]
     assert "verdicts" in namespace["one"]

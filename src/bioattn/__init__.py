@@ -9,8 +9,12 @@ The short API (see docs/architecture.md)::
     import bioattn
 
     exp = bioattn.prepare()                   # default network, detectors, images, values
-    config = bioattn.SweepConfig(layers=("conv3_1",), betas=(0, 0.5, 1))
-    table = bioattn.run_sweep(exp.network, exp.detectors, exp.values, exp.test_images, config)
+    result = bioattn.sweep(exp, layers=["conv3_1"], betas=[0, 0.5, 1])
+    result.table; result.plot()               # performance table; increase by layer (Figure)
+
+``result.summary`` gives the performance increase per layer and method with 95 % intervals,
+``result.save(folder)`` and ``bioattn.load_results(folder)`` keep it. ``run_sweep`` and the
+generic loop (``Grid``, ``make_evaluator``, ``run``) are the same machinery one level down.
 
 Attributes are imported when first used, so ``import bioattn`` stays light (torch is loaded only
 by what needs it).
@@ -34,6 +38,9 @@ _API = {
     "run": "bioattn.experiments.run",
     "run_sweep": "bioattn.experiments.sweep",
     "SweepConfig": "bioattn.experiments.sweep",
+    "sweep": "bioattn.experiments.results",
+    "SweepResult": "bioattn.experiments.results",
+    "load_results": "bioattn.experiments.results",
     "PerformanceSink": "bioattn.experiments.run",
     "Grid": "bioattn.experiments.grid",
     "Arm": "bioattn.experiments.grid",
@@ -65,11 +72,13 @@ __all__ = [
     "PerformanceSink",
     "Probe",
     "SweepConfig",
+    "SweepResult",
     "ValueSource",
     "__version__",
     "build_network",
     "layer_settings",
     "load_config",
+    "load_results",
     "make_evaluator",
     "make_task_set",
     "modulate",
@@ -79,6 +88,7 @@ __all__ = [
     "run_replicate",
     "run_replication",
     "run_sweep",
+    "sweep",
     "to_brainscore_assembly",
 ]
 
@@ -92,6 +102,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time see __getattr__
     from bioattn.experiments.grid import Arm, Condition, Grid, LayerSetting, layer_settings
     from bioattn.experiments.prepare import Experiment, prepare
     from bioattn.experiments.replication import run_replicate, run_replication
+    from bioattn.experiments.results import SweepResult, load_results, sweep
     from bioattn.experiments.run import PerformanceSink, run
     from bioattn.experiments.sweep import SweepConfig, run_sweep
     from bioattn.models.zoo import build_network
