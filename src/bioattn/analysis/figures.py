@@ -2,7 +2,10 @@
 
 Figures are built with :class:`matplotlib.figure.Figure` directly (never pyplot), so they render
 with the Agg (PNG) and SVG backends without a display and without changing the user's backend.
-Every figure is written twice, as ``<stem>.png`` and ``<stem>.svg`` (DESIGN.md §3).
+Each figure has a builder, ``<name>_figure(...)``, that returns the
+:class:`~matplotlib.figure.Figure` (for notebooks and papers), and a writer, ``plot_<name>(...,
+out_stem)``, that saves it twice, as ``<stem>.png`` and ``<stem>.svg`` (DESIGN.md §3), and
+returns the paths. Every mean drawn has error bars, and every title says what they are.
 
 Method colours are fixed (tuning blue, gradient red, uniform grey, shuffled controls in lighter
 shades) so the same method looks the same in every panel and every figure.
@@ -18,19 +21,26 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bioattn.analysis.sdt import AnalysisError, layer_summary, with_dprime_criterion
+from bioattn.analysis.sdt import AnalysisError, layer_summary, sem, with_dprime_criterion
 
 __all__ = [
     "METHOD_COLORS",
+    "dprime_criterion_vs_beta_figure",
     "layer_order",
+    "mean_and_sem",
     "method_colors",
+    "performance_increase_figure",
     "plot_dprime_criterion_vs_beta",
     "plot_performance_increase",
     "plot_rates_vs_beta",
+    "rates_vs_beta_figure",
     "save_figure",
+    "sem_lines",
+    "spread_units",
 ]
 
 #: Fixed colours for the usual methods; other methods get the remaining tab10 colours in order.
@@ -41,15 +51,18 @@ METHOD_COLORS: dict[str, str] = {
     "shuffled-tuning": "#9ecae1",
     "shuffled-gradient": "#fc9272",
     "spatial": "#2ca02c",
+    # no attention, and the spatial cue's validity (bioattn psychophysics)
+    "none": "#000000",
+    "valid": "#17becf",
+    "neutral": "#525252",
+    "invalid": "#9467bd",
 }
-_METHOD_ORDER = ("tuning", "gradient", "uniform", "shuffled-tuning", "shuffled-gradient", "spatial")
+_METHOD_ORDER = tuple(METHOD_COLORS)
 _EXTRA_COLORS = (
     "#ff7f0e",
-    "#9467bd",
     "#8c564b",
     "#e377c2",
     "#bcbd22",
-    "#17becf",
     "#393b79",
     "#637939",
     "#8c6d31",
@@ -123,6 +136,18 @@ def _panels(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return panels
 
 
+def spread_units(frame: pd.DataFrame) -> str:
+    """What a mean in ``frame`` is taken over, for captions: "categories" (or "orientations"
+    for the orientation tasks), preceded by "networks ×" when several networks are pooled."""
+    orientation = "task" in frame.columns and bool(
+        len(frame) and frame["task"].astype(str).str.startswith("orientation").all()
+    )
+    units = "orientations" if orientation else "categories"
+    if "network" in frame.columns and frame["network"].nunique() > 1:
+        return f"networks × {units}"
+    return units
+
+
 def _task_label(frame: pd.DataFrame) -> str:
     if "task" in frame.columns and frame["task"].nunique() == 1:
         return f"{frame['task'].iloc[0]} task: "
@@ -145,7 +170,13 @@ def _method_legend(ax: Any, colors: dict[str, str], extra: Sequence[Line2D] = ()
 
 
 def plot_performance_increase(summary: pd.DataFrame, out_stem: str | Path) -> list[Path]:
-    """Plot the performance increase by layer, with error bars.
+    """Write :func:`performance_increase_figure` to ``<out_stem>.png`` and ``.svg``; return
+    their paths."""
+    return save_figure(performance_increase_figure(summary), out_stem)
+
+
+def performance_increase_figure(summary: pd.DataFrame) -> Figure:
+    """The performance increase by layer, with error bars.
 
     ``summary`` is the output of :func:`~bioattn.analysis.sdt.layer_summary` (mean ± SEM across
     categories; a gains table from :func:`~bioattn.analysis.sdt.performance_gains` is summarised
@@ -153,7 +184,7 @@ def plot_performance_increase(summary: pd.DataFrame, out_stem: str | Path) -> li
     networks and categories, drawn when the columns ``ci_low_pp``/``ci_high_pp`` are there).
     One panel per image_type, x = attended layer in network order, one line with error bars per
     method; the all-layers condition (layer "all", β/10 at every layer) is a separate point at
-    the far right. Writes ``<out_stem>.png`` and ``.svg`` and returns their paths.
+    the far right.
     """
     if "mean_delta_pp" not in summary.columns and "delta_pp" in summary.columns:
         summary = layer_summary(summary)
@@ -161,7 +192,7 @@ def plot_performance_increase(summary: pd.DataFrame, out_stem: str | Path) -> li
     _require(
         summary,
         ["image_type", "layer", "method", "mean_delta_pp"] + ([] if with_ci else ["sem_delta_pp"]),
-        "plot_performance_increase",
+        "performance_increase_figure",
     )
 
     def error_bars(rows: pd.DataFrame) -> Any:
@@ -228,20 +259,22 @@ def plot_performance_increase(summary: pd.DataFrame, out_stem: str | Path) -> li
         ax.set_xlabel("attended layer")
     axes[0].set_ylabel("performance increase (percentage points)")
     _method_legend(axes[-1], colors)
+    units = spread_units(summary)
     if not with_ci:
-        what = "best performance increase with attention (mean ± SEM across categories)"
+        what = f"best performance increase with attention (mean ± SEM across {units})"
     elif "n_networks" in summary and int(summary["n_networks"].max()) > 1:
+        units = units.removeprefix("networks × ")
         what = (
             f"performance increase at the β chosen on selection images (mean, 95 % interval "
-            f"over {int(summary['n_networks'].max())} networks × categories)"
+            f"over {int(summary['n_networks'].max())} networks × {units})"
         )
     else:
         what = (
             "performance increase at the β chosen on selection images "
-            "(mean, 95 % interval over categories)"
+            f"(mean, 95 % interval over {units})"
         )
     fig.suptitle(f"{_task_label(summary)}{what}")
-    return save_figure(fig, out_stem)
+    return fig
 
 
 def _select_layer(table: pd.DataFrame, layer: str | int | None) -> tuple[pd.DataFrame, str]:
@@ -273,61 +306,110 @@ def _select_layer(table: pd.DataFrame, layer: str | int | None) -> tuple[pd.Data
     return table.loc[names == chosen], chosen
 
 
-def _mean_over_categories(rows: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+def mean_and_sem(frame: pd.DataFrame, keys: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """Mean and SEM (as ``sem_<metric>``) of each metric over the rows of each ``keys`` group
+    (the units: categories, or networks × categories), for error bars."""
+    grouped = frame.groupby(list(keys), sort=True)[list(metrics)]
+    return grouped.mean().join(grouped.agg(sem).add_prefix("sem_")).reset_index()
+
+
+def sem_lines(
+    ax: Axes,
+    means: pd.DataFrame,
+    x: str,
+    column: str,
+    colors: dict[str, str],
+    linestyle: str = "-",
+    label: bool = True,
+) -> None:
+    """One line per method (in its colour) of ``means[column]`` against ``means[x]``, with
+    ± ``sem_<column>`` error bars (a table from :func:`mean_and_sem`); ``label`` names each
+    line after its method for the legend."""
+    for method, color in colors.items():
+        line = means.loc[means["method"].astype(str) == method].sort_values(x)
+        if line.empty:
+            continue
+        ax.errorbar(
+            line[x],
+            line[column],
+            yerr=line[f"sem_{column}"],
+            color=color,
+            marker="o",
+            markersize=3,
+            capsize=2,
+            linestyle=linestyle,
+            label=method if label else None,
+        )
+
+
+def _curve_means(rows: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     keys = [k for k in ("task", "image_type", "method") if k in rows.columns] + ["beta"]
-    return rows.groupby(keys, sort=True)[list(metrics)].mean().reset_index()
+    return mean_and_sem(rows, keys, metrics)
 
 
 def plot_rates_vs_beta(
     table: pd.DataFrame, out_stem: str | Path, layer: str | int | None = None
 ) -> list[Path]:
-    """Plot hit rate (TP, solid) and false-alarm rate (FP, dashed) against β for one layer.
+    """Write :func:`rates_vs_beta_figure` as PNG and SVG; return their paths."""
+    return save_figure(rates_vs_beta_figure(table, layer), out_stem)
 
-    Rates are averaged across categories. ``layer`` is a layer alias (e.g. ``"conv5_3"`` or
+
+def rates_vs_beta_figure(table: pd.DataFrame, layer: str | int | None = None) -> Figure:
+    """Hit rate (TP, solid) and false-alarm rate (FP, dashed) against β for one layer.
+
+    Rates are mean ± SEM across categories (orientations; networks × categories when the
+    table pools several networks). ``layer`` is a layer alias (e.g. ``"conv5_3"`` or
     ``"all"``) or a layer number; by default the last single layer in network order. One panel
-    per image_type and one colour per method. Returns the PNG and SVG paths.
+    per image_type and one colour per method.
     """
-    _require(table, ["image_type", "layer", "method", "beta", "tp", "fp"], "plot_rates_vs_beta")
+    _require(table, ["image_type", "layer", "method", "beta", "tp", "fp"], "rates_vs_beta_figure")
     rows, chosen = _select_layer(table, layer)
-    means = _mean_over_categories(rows, ["tp", "fp"])
+    means = _curve_means(rows, ["tp", "fp"])
+    units = spread_units(rows)
     colors = method_colors(means["method"])
     panels = _panels(means)
 
     fig = Figure(figsize=(_PANEL_W * len(panels), _PANEL_H + 0.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
     for ax, (label, panel) in zip(axes, panels, strict=True):
-        for method, color in colors.items():
-            line = panel.loc[panel["method"].astype(str) == method].sort_values("beta")
-            if line.empty:
-                continue
-            ax.plot(line["beta"], line["tp"], color=color, marker="o", markersize=3)
-            ax.plot(line["beta"], line["fp"], color=color, marker="o", markersize=3, ls="--")
+        sem_lines(ax, panel, "beta", "tp", colors, label=False)
+        sem_lines(ax, panel, "beta", "fp", colors, linestyle="--", label=False)
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(label)
         ax.set_xlabel("β" + (" (β/10 at every layer)" if chosen == _ALL_LAYER else ""))
-    axes[0].set_ylabel("rate (mean across categories)")
+    axes[0].set_ylabel(f"rate (mean ± SEM across {units})")
     styles = [
         Line2D([], [], color="black", label="TP (hit rate)"),
         Line2D([], [], color="black", linestyle="--", label="FP (false-alarm rate)"),
     ]
     _method_legend(axes[-1], colors, styles)
-    fig.suptitle(f"{_task_label(rows)}hit and false-alarm rates vs β, attention at {chosen}")
-    return save_figure(fig, out_stem)
+    fig.suptitle(
+        f"{_task_label(rows)}hit and false-alarm rates vs β, attention at {chosen} "
+        f"(mean ± SEM across {units})"
+    )
+    return fig
 
 
 def plot_dprime_criterion_vs_beta(
     table: pd.DataFrame, out_stem: str | Path, layer: str | int | None = None
 ) -> list[Path]:
-    """Plot d′ (top row) and criterion (bottom row) against β for one layer.
+    """Write :func:`dprime_criterion_vs_beta_figure` as PNG and SVG; return their paths."""
+    return save_figure(dprime_criterion_vs_beta_figure(table, layer), out_stem)
 
-    Values are averaged across categories (computed from ``tp`` and ``fp`` if the table lacks
-    ``dprime``/``criterion``). Layer selection and layout as in :func:`plot_rates_vs_beta`: one
-    column per image_type, one colour per method. Returns the PNG and SVG paths.
+
+def dprime_criterion_vs_beta_figure(table: pd.DataFrame, layer: str | int | None = None) -> Figure:
+    """d′ (top row) and criterion (bottom row) against β for one layer.
+
+    Values are mean ± SEM across categories (computed from ``tp`` and ``fp`` if the table
+    lacks ``dprime``/``criterion``). Layer selection and layout as in
+    :func:`rates_vs_beta_figure`: one column per image_type, one colour per method.
     """
-    _require(table, ["image_type", "layer", "method", "beta"], "plot_dprime_criterion_vs_beta")
-    table = with_dprime_criterion(table, "plot_dprime_criterion_vs_beta")
+    what = "dprime_criterion_vs_beta_figure"
+    _require(table, ["image_type", "layer", "method", "beta"], what)
+    table = with_dprime_criterion(table, what)
     rows, chosen = _select_layer(table, layer)
-    means = _mean_over_categories(rows, ["dprime", "criterion"])
+    means = _curve_means(rows, ["dprime", "criterion"])
+    units = spread_units(rows)
     colors = method_colors(means["method"])
     panels = _panels(means)
 
@@ -335,17 +417,16 @@ def plot_dprime_criterion_vs_beta(
     axes = fig.subplots(2, len(panels), squeeze=False, sharex="col", sharey="row")
     for col, (label, panel) in enumerate(panels):
         top, bottom = axes[0, col], axes[1, col]
-        for method, color in colors.items():
-            line = panel.loc[panel["method"].astype(str) == method].sort_values("beta")
-            if line.empty:
-                continue
-            top.plot(line["beta"], line["dprime"], color=color, marker="o", markersize=3)
-            bottom.plot(line["beta"], line["criterion"], color=color, marker="o", markersize=3)
+        sem_lines(top, panel, "beta", "dprime", colors, label=False)
+        sem_lines(bottom, panel, "beta", "criterion", colors, label=False)
         bottom.axhline(0.0, color="0.6", linewidth=0.8)
         top.set_title(label)
         bottom.set_xlabel("β" + (" (β/10 at every layer)" if chosen == _ALL_LAYER else ""))
-    axes[0, 0].set_ylabel("d′ (mean across categories)")
-    axes[1, 0].set_ylabel("criterion c (mean across categories)")
+    axes[0, 0].set_ylabel(f"d′ (mean ± SEM across {units})")
+    axes[1, 0].set_ylabel(f"criterion c (mean ± SEM across {units})")
     _method_legend(axes[0, -1], colors)
-    fig.suptitle(f"{_task_label(rows)}sensitivity and criterion vs β, attention at {chosen}")
-    return save_figure(fig, out_stem)
+    fig.suptitle(
+        f"{_task_label(rows)}sensitivity and criterion vs β, attention at {chosen} "
+        f'(c = 0: no bias; c < 0: more "yes")'
+    )
+    return fig

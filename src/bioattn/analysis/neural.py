@@ -568,6 +568,11 @@ def fsgm_analysis(
                         "bin": b,
                         "bin_label": labels[b] if b < len(labels) else str(b),
                         "mean_ratio": float(values.mean()) if values.size else np.nan,
+                        "sem_ratio": (
+                            float(values.std(ddof=1) / np.sqrt(values.size))
+                            if values.size > 1
+                            else np.nan
+                        ),
                         "median_ratio": float(np.median(values)) if values.size else np.nan,
                         "n_units": int(values.size),
                     }
@@ -756,7 +761,9 @@ def vector_angle_analysis(recording: xr.Dataset) -> dict[str, pd.DataFrame]:
         categories.groupby(keys, sort=False)
         .agg(
             mean_angle_unattended=("angle_unattended", "mean"),
+            sem_angle_unattended=("angle_unattended", "sem"),
             mean_angle_attended=("angle_attended", "mean"),
+            sem_angle_attended=("angle_attended", "sem"),
             mean_delta_angle=("delta_angle", "mean"),
             sem_delta_angle=("delta_angle", "sem"),
             n_categories=("delta_angle", "count"),

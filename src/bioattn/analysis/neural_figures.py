@@ -1,10 +1,12 @@
 """Figures of the neural analyses (:mod:`bioattn.analysis.neural`).
 
-Built with :class:`matplotlib.figure.Figure` (never pyplot) and written as PNG + SVG with
-:func:`bioattn.analysis.figures.save_figure`. The x axis is always the recorded layer in network
-order; each attended layer has one colour (early layers dark, late layers light; the all-layers
-mode black), and a line starts at its attended layer (upstream layers are unchanged by
-construction). With several methods or β values there is one row of panels per (method, β).
+Built with :class:`matplotlib.figure.Figure` (never pyplot): each ``<name>_figure(...)``
+returns the figure, and ``plot_<name>(..., out_stem)`` writes it as PNG + SVG with
+:func:`bioattn.analysis.figures.save_figure` and returns the paths. The x axis is always the
+recorded layer in network order; each attended layer has one colour (early layers dark, late
+layers light; the all-layers mode black), and a line starts at its attended layer (upstream
+layers are unchanged by construction). With several methods or β values there is one row of
+panels per (method, β).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from bioattn.analysis.sdt import AnalysisError
 
 __all__ = [
     "attended_layer_colors",
+    "fsgm_bins_figure",
+    "fsgm_summary_figure",
+    "modulation_index_figure",
+    "modulation_summary_figure",
     "plot_fsgm_bins",
     "plot_fsgm_summary",
     "plot_modulation_index",
@@ -30,6 +36,9 @@ __all__ = [
     "plot_report",
     "plot_spatial",
     "plot_vector_angle",
+    "population_figure",
+    "spatial_figure",
+    "vector_angle_figure",
 ]
 
 _PANEL_W = 4.4
@@ -83,16 +92,16 @@ def _x_axis(ax, layers: list[str]) -> None:
 def _line_plot(
     summary: pd.DataFrame,
     columns: list[tuple[str, str]],
-    out_stem: str | Path,
     title: str,
     reference: float | None = 0.0,
     errors: Mapping[str, str] | None = None,
     baselines: Mapping[str, str] | None = None,
-) -> list[Path]:
+) -> Figure:
     """Panels (one per column × per (method, β) row) of a summary against recorded layer.
 
-    ``errors`` maps a column to its error-bar column; ``baselines`` maps a column to an
-    unattended counterpart drawn once, as a dashed grey line over every recorded layer.
+    ``errors`` maps a column (or a baseline column) to its error-bar column; ``baselines``
+    maps a column to an unattended counterpart drawn once, as a dashed grey line over every
+    recorded layer.
     """
     layers = _layer_order(summary)
     x_of = {layer: i for i, layer in enumerate(layers)}
@@ -110,10 +119,16 @@ def _line_plot(
             if reference is not None:
                 ax.axhline(reference, color="0.6", linewidth=0.8)
             if baselines and column in baselines:
-                base = group.groupby("recorded_layer", sort=False)[baselines[column]].mean()
-                ax.plot(
+                base_column = baselines[column]
+                wanted = [base_column]
+                if errors and base_column in errors:
+                    wanted.append(errors[base_column])
+                base = group.groupby("recorded_layer", sort=False)[wanted].mean()
+                ax.errorbar(
                     base.index.map(x_of).to_numpy(float),
-                    base.to_numpy(float),
+                    base[base_column].to_numpy(float),
+                    yerr=base[wanted[1]].to_numpy(float) if len(wanted) > 1 else None,
+                    capsize=3 if len(wanted) > 1 else 0,
                     color="0.45",
                     linestyle="--",
                     marker="s",
@@ -144,10 +159,15 @@ def _line_plot(
             ax.set_title(label, fontsize="medium")
     axes[0, 0 if baselines else -1].legend(fontsize="small", frameon=False)
     fig.suptitle(title)
-    return save_figure(fig, out_stem)
+    return fig
 
 
 def plot_fsgm_summary(summary: pd.DataFrame, out_stem: str | Path) -> list[Path]:
+    """Write :func:`fsgm_summary_figure` as PNG and SVG; return their paths."""
+    return save_figure(fsgm_summary_figure(summary), out_stem)
+
+
+def fsgm_summary_figure(summary: pd.DataFrame) -> Figure:
     """Median FSGM slope and median (intercept − 1) against recorded layer, per attended layer."""
     return _line_plot(
         summary,
@@ -155,13 +175,19 @@ def plot_fsgm_summary(summary: pd.DataFrame, out_stem: str | Path) -> list[Path]
             ("median_slope", "median slope of ratio vs tuning rank"),
             ("median_intercept_minus_1", "median (intercept − 1)"),
         ],
-        out_stem,
-        "FSGM test: activity ratio (attended / unattended) against tuning rank",
+        "FSGM test: lines fitted to each map's activity ratio (attended / unattended) "
+        "against tuning rank; medians over maps",
     )
 
 
 def plot_fsgm_bins(bins: pd.DataFrame, out_stem: str | Path) -> list[Path]:
-    """Mean activity ratio per tuning-rank bin; one panel per recorded layer, first (method, β)."""
+    """Write :func:`fsgm_bins_figure` as PNG and SVG; return their paths."""
+    return save_figure(fsgm_bins_figure(bins), out_stem)
+
+
+def fsgm_bins_figure(bins: pd.DataFrame) -> Figure:
+    """Mean ± SEM (over maps) activity ratio per tuning-rank bin; one panel per recorded
+    layer, for the first (method, β)."""
     label, group = _combos(bins)[0]
     shown = _shown(group)
     layers = _layer_order(bins)
@@ -184,26 +210,34 @@ def plot_fsgm_bins(bins: pd.DataFrame, out_stem: str | Path) -> list[Path]:
             if line.empty:
                 continue
             labels = max(labels, list(line["bin_label"].astype(str)), key=len)
-            ax.plot(
+            ax.errorbar(
                 line["bin"],
                 line["mean_ratio"],
+                yerr=line.get("sem_ratio"),
                 color=colors[name],
                 marker="o",
                 markersize=4,
+                capsize=2,
                 label=f"attend {name}",
             )
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels)
         ax.set_xlabel("tuning rank of the attended category")
-        ax.set_ylabel("mean activity ratio")
+        ax.set_ylabel("activity ratio (mean ± SEM over maps)")
         ax.set_title(f"recorded at {layer}", fontsize="medium")
     axes.flat[0].legend(fontsize="small", frameon=False)
-    fig.suptitle(f"Activity ratio by tuning rank ({label})")
-    return save_figure(fig, out_stem)
+    fig.suptitle(f"Activity ratio (attended / unattended) by tuning rank ({label}; 1 = no change)")
+    return fig
 
 
 def plot_modulation_index(units: pd.DataFrame, out_stem: str | Path) -> list[Path]:
-    """Box plots of the modulation index per recorded layer; one panel per attended layer."""
+    """Write :func:`modulation_index_figure` as PNG and SVG; return their paths."""
+    return save_figure(modulation_index_figure(units), out_stem)
+
+
+def modulation_index_figure(units: pd.DataFrame) -> Figure:
+    """Box plots of the modulation index over maps, per recorded layer; one panel per
+    attended layer (boxes: quartiles, line: median, whiskers: 5th–95th percentiles)."""
     label, group = _combos(units)[0]
     shown = _shown(group)
     layers = _layer_order(units)
@@ -223,7 +257,12 @@ def plot_modulation_index(units: pd.DataFrame, out_stem: str | Path) -> list[Pat
         ax.axhline(0.0, color="0.6", linewidth=0.8)
         if data:
             parts = ax.boxplot(
-                data, positions=positions, widths=0.6, showfliers=False, patch_artist=True
+                data,
+                positions=positions,
+                widths=0.6,
+                whis=(5, 95),
+                showfliers=False,
+                patch_artist=True,
             )
             for box in parts["boxes"]:
                 box.set_facecolor(colors[name])
@@ -231,31 +270,50 @@ def plot_modulation_index(units: pd.DataFrame, out_stem: str | Path) -> list[Pat
         _x_axis(ax, layers)
         ax.set_title(f"attend {name}" if name != _ALL else "attend all (β/10)", fontsize="medium")
     axes[0].set_ylabel("modulation index (a − u)/(a + u)")
-    fig.suptitle(f"Modulation index by recorded layer ({label}; boxes: quartiles)")
-    return save_figure(fig, out_stem)
+    fig.suptitle(
+        f"Modulation index by recorded layer ({label}): a, u = a map's mean activity with and "
+        "without attention;\nboxes: quartiles over maps, line: median, whiskers: 5th–95th "
+        "percentiles"
+    )
+    return fig
 
 
 def plot_modulation_summary(summary: pd.DataFrame, out_stem: str | Path) -> list[Path]:
+    """Write :func:`modulation_summary_figure` as PNG and SVG; return their paths."""
+    return save_figure(modulation_summary_figure(summary), out_stem)
+
+
+def modulation_summary_figure(summary: pd.DataFrame) -> Figure:
     """Median |MI| and median MI against recorded layer, one line per attended layer."""
     return _line_plot(
         summary,
         [("median_abs_mi", "median |modulation index|"), ("median_mi", "median modulation index")],
-        out_stem,
-        "Strength of attention's effect on activity by recorded layer",
+        "Strength of attention's effect on activity by recorded layer: medians over maps of "
+        "MI = (a − u)/(a + u), a, u = mean activity with and without attention",
     )
 
 
 def plot_vector_angle(summary: pd.DataFrame, out_stem: str | Path) -> list[Path]:
-    """Mean angle to the category prototype (unattended, attended) and its change, by layer."""
+    """Write :func:`vector_angle_figure` as PNG and SVG; return their paths."""
+    return save_figure(vector_angle_figure(summary), out_stem)
+
+
+def vector_angle_figure(summary: pd.DataFrame) -> Figure:
+    """Mean ± SEM (over categories) angle to the category prototype, unattended and attended,
+    and its change, by recorded layer."""
     return _line_plot(
         summary,
         [
-            ("mean_angle_attended", "angle to the prototype (degrees)"),
-            ("mean_delta_angle", "change with attention (degrees; ± SEM)"),
+            ("mean_angle_attended", "angle to the prototype (degrees; mean ± SEM)"),
+            ("mean_delta_angle", "change with attention (degrees; mean ± SEM)"),
         ],
-        out_stem,
-        "Vector angle between the category prototype and responses to positive images",
-        errors={"mean_delta_angle": "sem_delta_angle"},
+        "Vector angle between the category prototype and responses to positive images "
+        "(mean ± SEM over categories)",
+        errors={
+            "mean_angle_attended": "sem_angle_attended",
+            "mean_angle_unattended": "sem_angle_unattended",
+            "mean_delta_angle": "sem_delta_angle",
+        },
         baselines={"mean_angle_attended": "mean_angle_unattended"},
     )
 
@@ -266,6 +324,13 @@ def plot_population(
     out_stem: str | Path,
     category: str | None = None,
 ) -> list[Path]:
+    """Write :func:`population_figure` as PNG and SVG; return their paths."""
+    return save_figure(population_figure(summary, points, category), out_stem)
+
+
+def population_figure(
+    summary: pd.DataFrame, points: pd.DataFrame, category: str | None = None
+) -> Figure:
     """Population FSGM: mean slope of ratio on tuning by layer, and scatters for one category.
 
     Top row: mean ± SEM (over attended categories) of the regression slope and Pearson r.
@@ -294,7 +359,10 @@ def plot_population(
     ]
     half = n_cols // 2
     for k, (column, error, ylabel) in enumerate(
-        [("mean_slope", "sem_slope", "slope of ratio on tuning"), ("mean_r", "sem_r", "r")]
+        [
+            ("mean_slope", "sem_slope", "slope of ratio on tuning (mean ± SEM)"),
+            ("mean_r", "sem_r", "Pearson r of ratio and tuning (mean ± SEM)"),
+        ]
     ):
         ax = fig.add_subplot(grid[0, k * half : (k + 1) * half])
         ax.axhline(0.0, color="0.6", linewidth=0.8)
@@ -335,11 +403,19 @@ def plot_population(
             ax.tick_params(labelsize="x-small")
             ax.set_xlabel("tuning", fontsize="x-small")
             ax.set_ylabel("ratio", fontsize="x-small")
-    fig.suptitle(f"Population FSGM: activity ratio against tuning ({label}; scatter: {chosen})")
-    return save_figure(fig, out_stem)
+    fig.suptitle(
+        f"Population FSGM ({label}). Top: mean ± SEM over attended categories; below: each "
+        f"map's activity ratio against its tuning for {chosen}, black: least-squares line"
+    )
+    return fig
 
 
 def plot_spatial(summary: pd.DataFrame, out_stem: str | Path) -> list[Path]:
+    """Write :func:`spatial_figure` as PNG and SVG; return their paths."""
+    return save_figure(spatial_figure(summary), out_stem)
+
+
+def spatial_figure(summary: pd.DataFrame) -> Figure:
     """Median MI at the attended object's quadrant and at the other quadrants, by layer."""
     return _line_plot(
         summary,
@@ -348,8 +424,8 @@ def plot_spatial(summary: pd.DataFrame, out_stem: str | Path) -> list[Path]:
             ("median_mi_other", "median MI, other quadrants"),
             ("median_mi_difference", "median (target − other)"),
         ],
-        out_stem,
-        "Is feature attention spatially global? Modulation by position (array images)",
+        "Is feature attention spatially global? Medians over maps of the modulation index by "
+        "position (array images)",
     )
 
 

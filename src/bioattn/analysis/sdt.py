@@ -39,6 +39,7 @@ __all__ = [
     "held_out_gains",
     "layer_summary",
     "performance_gains",
+    "sem",
     "sort_layers",
     "with_dprime_criterion",
 ]
@@ -369,7 +370,9 @@ def held_out_gains(selection_table: pd.DataFrame, test_table: pd.DataFrame) -> p
     return out[[*keys, *GAIN_COLUMNS, "selection_delta_pp"]].reset_index(drop=True)
 
 
-def _sem(values: pd.Series) -> float:
+def sem(values: pd.Series) -> float:
+    """Standard error of the mean of ``values`` (std with ddof=1 over √n, NaNs skipped); 0 for
+    fewer than two values, where there is no spread to estimate."""
     n = int(values.count())
     if n <= 1:
         return 0.0
@@ -395,7 +398,7 @@ def layer_summary(gains: pd.DataFrame) -> pd.DataFrame:
         row: dict[str, Any] = dict(zip(keys, values, strict=True))
         for metric in metrics:
             row[f"mean_{metric}"] = float(group[metric].mean())
-            row[f"sem_{metric}"] = _sem(group[metric])
+            row[f"sem_{metric}"] = sem(group[metric])
         row["n_categories"] = (
             int(group["category"].nunique(dropna=False)) if "category" in group else len(group)
         )

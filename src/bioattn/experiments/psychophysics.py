@@ -25,8 +25,9 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
+from matplotlib.figure import Figure
 
-from bioattn.analysis.figures import save_figure
+from bioattn.analysis.figures import mean_and_sem, method_colors, save_figure, sem_lines
 from bioattn.attention.rules import SpatialGain, ValueSource, parse_rule
 from bioattn.attention.values import add_gradient_values
 from bioattn.data.composites import QUADRANTS
@@ -325,52 +326,64 @@ def _crossing(x: np.ndarray, y: np.ndarray, level: float) -> float:
 
 # --- figures -------------------------------------------------------------------------------
 def plot_cueing(table: pd.DataFrame, out_stem: Path) -> list[Path]:
-    """Performance, d′ and criterion against β for valid, neutral and invalid cues."""
-    from matplotlib.figure import Figure
+    """Write :func:`cueing_figure` as PNG and SVG; return their paths."""
+    return save_figure(cueing_figure(table), out_stem)
 
-    means = table.groupby(["method", "beta"])[["performance", "dprime", "criterion"]].mean()
-    fig = Figure(figsize=(11, 3.4), layout="constrained")
+
+def cueing_figure(table: pd.DataFrame) -> Figure:
+    """Performance, d′ and criterion against β for valid, neutral and invalid cues (mean ±
+    SEM across categories)."""
+    means = mean_and_sem(table, ["method", "beta"], ["performance", "dprime", "criterion"])
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
     axes = fig.subplots(1, 3)
-    colours = {"valid": "tab:green", "neutral": "tab:grey", "invalid": "tab:purple"}
+    colors = method_colors(c for c in CUE_TYPES if c in set(means["method"]))
     for ax, column, label in zip(
         axes,
         ["performance", "dprime", "criterion"],
-        ["performance", "d′", "criterion"],
+        ["performance", "d′", "criterion c"],
         strict=True,
     ):
-        for cue in CUE_TYPES:
-            if cue in means.index.get_level_values("method"):
-                series = means.loc[cue, column]
-                ax.plot(series.index, series.values, "o-", color=colours[cue], label=cue)
+        sem_lines(ax, means, "beta", column, colors)
         ax.set_xlabel("β (spatial cue strength)")
-        ax.set_ylabel(label)
-    axes[0].legend(frameon=False)
+        ax.set_ylabel(f"{label} (mean ± SEM)")
+    axes[2].axhline(0.0, color="0.6", lw=0.8, label="c = 0 (no bias)")
+    axes[0].legend(frameon=False, fontsize=8)
+    axes[2].legend(frameon=False, fontsize=8)
     layer = table["layer"].iloc[0]
-    fig.suptitle(f"spatial cueing on 2×2 arrays, cue at {layer} (mean across categories)")
-    return save_figure(fig, out_stem)
+    fig.suptitle(f"spatial cueing on 2×2 arrays, cue at {layer} (mean ± SEM across categories)")
+    return fig
 
 
 def plot_psychometric(table: pd.DataFrame, out_stem: Path) -> list[Path]:
-    """Performance and d′ against SNR (log axis) for each cue."""
-    from matplotlib.figure import Figure
+    """Write :func:`psychometric_figure` as PNG and SVG; return their paths."""
+    return save_figure(psychometric_figure(table), out_stem)
 
-    means = table.groupby(["method", "snr"])[["performance", "dprime"]].mean()
-    fig = Figure(figsize=(9, 3.4), layout="constrained")
+
+def psychometric_figure(table: pd.DataFrame) -> Figure:
+    """Performance and d′ against SNR (log axis) for each cue (mean ± SEM across categories),
+    with the performance level that defines the detection threshold."""
+    means = mean_and_sem(table, ["method", "snr"], ["performance", "dprime"])
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
     axes = fig.subplots(1, 2)
+    colors = method_colors(table["method"])
     for ax, column, label in zip(
         axes, ["performance", "dprime"], ["performance", "d′"], strict=True
     ):
-        for cue in dict.fromkeys(table["method"]):
-            series = means.loc[cue, column]
-            ax.plot(series.index, series.values, "o-", label=cue)
+        sem_lines(ax, means, "snr", column, colors)
         ax.set_xscale("log")
         ax.set_xlabel("SNR (signal power / noise power)")
-        ax.set_ylabel(label)
-    axes[0].axhline(PERFORMANCE_THRESHOLD, color="0.7", lw=0.8)
+        ax.set_ylabel(f"{label} (mean ± SEM)")
+    axes[0].axhline(
+        PERFORMANCE_THRESHOLD,
+        color="0.6",
+        lw=0.8,
+        ls=":",
+        label=f"threshold (performance {PERFORMANCE_THRESHOLD:g})",
+    )
     axes[0].legend(frameon=False, fontsize=8)
     layer = table["layer"].iloc[0]
-    fig.suptitle(f"detection in noise with a feature cue at {layer} (mean across categories)")
-    return save_figure(fig, out_stem)
+    fig.suptitle(f"detection in noise with a feature cue at {layer} (mean ± SEM across categories)")
+    return fig
 
 
 # --- results folders -----------------------------------------------------------------------

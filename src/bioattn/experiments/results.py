@@ -98,39 +98,11 @@ class SweepResult:
 
     def plot(self) -> Figure:
         """The performance increase by attended layer, one line per method (mean over
-        categories with its 95 % interval), one panel per image type."""
-        # Kept in this one method so that it can call a figure builder of
-        # bioattn.analysis.figures once there is one (plot_performance_increase only writes
-        # files today); until then a minimal figure from the same colours and layer order.
-        from matplotlib.figure import Figure
+        categories with its 95 % interval), one panel per image type
+        (:func:`~bioattn.analysis.figures.performance_increase_figure`)."""
+        from bioattn.analysis.figures import performance_increase_figure
 
-        from bioattn.analysis.figures import layer_order, method_colors
-
-        summary = self.summary
-        panels = list(summary.groupby("image_type", sort=False))
-        fig = Figure(figsize=(4.6 * max(len(panels), 1), 3.8), layout="constrained")
-        axes = fig.subplots(1, max(len(panels), 1), squeeze=False, sharey=True)[0]
-        layers = layer_order(summary) + (["all"] if (summary["layer"] == "all").any() else [])
-        for ax, (image_type, panel) in zip(axes, panels, strict=False):
-            ax.axhline(0.0, color="0.6", linewidth=0.8)
-            colors = method_colors(panel["method"])
-            for j, (method, color) in enumerate(colors.items()):
-                rows = panel.loc[panel["method"] == method]
-                offset = (j - (len(colors) - 1) / 2) * 0.06  # methods side by side
-                # single layers joined by a line; all layers (β/10) a separate square
-                for every, style in ((False, {"marker": "o"}), (True, {"marker": "s", "ls": ""})):
-                    part = rows.loc[(rows["layer"] == "all") == every]
-                    part = part.assign(_x=part["layer"].map(layers.index)).sort_values("_x")
-                    mean = part["mean_delta_pp"].to_numpy(float)
-                    error = [mean - part["ci_low_pp"], part["ci_high_pp"] - mean]
-                    ax.errorbar(part["_x"] + offset, mean, yerr=error, color=color, capsize=3,
-                                label=None if every else method, **style)  # fmt: skip
-            ax.set_xticks(range(len(layers)), [("all (β/10)" if n == "all" else n) for n in layers])
-            ax.set_title(str(image_type))
-            ax.set_xlabel("attended layer")
-        axes[0].set_ylabel("performance increase (pp)")
-        axes[-1].legend(fontsize="small", frameon=False)
-        return fig
+        return performance_increase_figure(self.summary)
 
     def _shown(self) -> pd.DataFrame:
         """The summary's main columns, rounded, for ``repr`` and notebooks."""

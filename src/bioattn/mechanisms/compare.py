@@ -316,10 +316,15 @@ def plot_comparison(summary: pd.DataFrame, stem: str | Path) -> list[Path]:
         ax.set_xticks(np.arange(len(mechanisms)))
         ax.set_xticklabels(mechanisms, rotation=45, ha="right", fontsize=8)
         ax.set_title(labels.get(metric, metric), fontsize=10)
+        ax.set_xlabel("mechanism", fontsize=8)
+        ax.set_ylabel(f"{labels.get(metric, metric)} (mean ± SEM)", fontsize=8)
         if metric in ("tp", "tn"):
             ax.set_ylim(0, 1)
     fig.axes[0].legend(fontsize=8, title="images", title_fontsize=8)
-    fig.suptitle("Attention mechanisms on the same detection test sets (mean ± SEM)", fontsize=10)
+    fig.suptitle(
+        "Attention mechanisms on the same detection test sets (mean ± SEM over categories)",
+        fontsize=10,
+    )
     fig.subplots_adjust(wspace=0.3)
     return save_figure(fig, stem)
 
