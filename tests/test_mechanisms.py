@@ -15,6 +15,7 @@ from bioattn.errors import CategoryError, ConfigError, LayerError
 from bioattn.mechanisms.common import (
     cued_logits,
     cued_set,
+    holdout_split,
     per_category_performance,
     training_pool,
 )
@@ -238,9 +239,105 @@ def test_optimal_gains_never_worse_than_no_attention(setup, layer) -> None:
     before = per_category_performance(base, pool.is_target, pool.category, 5)
     after = per_category_performance(tuned, pool.is_target, pool.category, 5)
     assert bool((after >= before - 1e-9).all())
-    torch.testing.assert_close(result.baseline_performance, before.float())
+    torch.testing.assert_close(result.baseline_train, before.float())
     if layer == 0:  # the first layer has room to improve here: the optimisation must use it
         assert bool((after > before).any())
+
+
+def test_holdout_split_is_disjoint_stratified_and_seeded() -> None:
+    images = five_categories(n_per_category=10)
+    fit, held = holdout_split(images, 0.3, seed=4)
+    assert len(fit) + len(held) == len(images)
+    assert torch.bincount(held.labels, minlength=5).tolist() == [3] * 5
+    # no image is in both parts (the synthetic images are all distinct)
+    both = torch.cdist(fit.images.flatten(1), held.images.flatten(1))
+    assert float(both.min()) > 0
+    again, _ = holdout_split(images, 0.3, seed=4)
+    torch.testing.assert_close(again.images, fit.images, rtol=0, atol=0)
+    other, _ = holdout_split(images, 0.3, seed=5)
+    assert not torch.equal(other.images, fit.images)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        holdout_split(images, 1.0)
+
+
+def _fit_and_validation(train: ImageSet) -> tuple:
+    fit_images, held_images = holdout_split(train, 0.4, seed=0)
+    fit = cued_set(list(training_pool(fit_images, CATEGORIES, "merged", 6).values()), CATEGORIES)
+    validation = cued_set(
+        list(training_pool(held_images, CATEGORIES, "merged", 4, seed=2).values()), CATEGORIES
+    )
+    return fit, validation
+
+
+def test_optimal_gains_are_kept_by_validation_performance(setup) -> None:
+    network, detectors, train, _test = setup
+    fit, validation = _fit_and_validation(train)
+    layer = network.layers[0]
+    result = optimise_gains(
+        network,
+        detectors,
+        layer,
+        fit,
+        Budget(8, 64, 0.8),
+        options=RunOptions(progress=False),
+        validation=validation,
+    )
+    from bioattn.attention.gains import Modulation
+
+    def performance(data, gains) -> torch.Tensor:
+        with torch.no_grad():
+            scale = gains[data.category][:, :, None, None]
+            logits = cued_logits(
+                network, detectors, data.images, data.category, {layer: Modulation(scale=scale)}
+            )
+        return per_category_performance(logits, data.is_target, data.category, 5).float()
+
+    ones = torch.ones_like(result.gains)
+    # the scores reported are those of the gains kept, on each set
+    torch.testing.assert_close(result.validation_performance, performance(validation, result.gains))
+    torch.testing.assert_close(result.train_performance, performance(fit, result.gains))
+    torch.testing.assert_close(result.baseline_validation, performance(validation, ones))
+    # never worse than no attention on the validation set, and chosen by it
+    assert bool((result.validation_performance >= result.baseline_validation).all())
+    assert torch.equal(result.selection_performance, result.validation_performance)
+    history = result.log.history["validation"]
+    assert len(history) == 8 and max(history) >= history[0]
+    assert bool((result.best_step >= 0).all()) and bool((result.best_step < 8).all())
+
+
+def test_optimal_gains_stop_early_and_resume_to_the_same_result(setup, tmp_path) -> None:
+    network, detectors, train, _test = setup
+    fit, validation = _fit_and_validation(train)
+
+    def run(path, stop_after=None):
+        return optimise_gains(
+            network,
+            detectors,
+            network.layers[1],
+            fit,
+            Budget(40, 64, 0.5),
+            options=RunOptions(path, checkpoint_every=1, progress=False, stop_after=stop_after),
+            validation=validation,
+            patience=2,
+        )
+
+    whole = run(tmp_path / "whole.pt")
+    assert whole.log.stopped_early and whole.log.finished
+    assert whole.log.steps < 40
+    # the run stopped `patience` steps after the last improvement of any category
+    assert whole.log.steps == int(whole.best_step.max()) + 1 + 2
+    run(tmp_path / "parts.pt", stop_after=2)
+    resumed = run(tmp_path / "parts.pt")
+    assert resumed.log.steps == whole.log.steps and resumed.log.stopped_early
+    torch.testing.assert_close(resumed.gains, whole.gains, rtol=0, atol=0)
+    torch.testing.assert_close(resumed.best_step, whole.best_step)
+    again = run(tmp_path / "whole.pt")  # a finished, stopped run is read back, not extended
+    assert again.log.steps == whole.log.steps
+    torch.testing.assert_close(again.gains, whole.gains, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="patience"):
+        optimise_gains(
+            network, detectors, network.layers[1], fit, Budget(1), validation=validation, patience=0
+        )
 
 
 def test_optimal_gains_reject_bad_bounds(setup) -> None:

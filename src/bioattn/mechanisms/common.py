@@ -95,6 +95,31 @@ def cued_set(tasks: Sequence[TaskSet], categories: Sequence[str]) -> CuedSet:
     )
 
 
+def holdout_split(images: ImageSet, fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """Split ``images`` into two disjoint parts, ``(fit, held_out)``, with ``fraction`` of each
+    category's images (at least one) held out, chosen by a permutation seeded with ``seed``.
+
+    Task sets drawn from the two parts share no image (not even as a merged image's second
+    object or an array's distractor), which pools drawn from the whole split do not promise.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"a held-out fraction must lie strictly between 0 and 1, got {fraction}")
+    generator = torch.Generator().manual_seed(POOL_SEED + 104_729 * int(seed))
+    order = torch.randperm(len(images), generator=generator)
+    held = torch.zeros(len(images), dtype=torch.bool)
+    for k in range(len(images.categories)):
+        members = order[images.labels[order] == k]
+        if len(members) < 2:
+            raise DataError(
+                f"category {images.categories[k]!r} has {len(members)} image(s); a held-out split "
+                "needs at least 2 per category"
+            )
+        count = min(max(1, round(fraction * len(members))), len(members) - 1)
+        held[members[:count]] = True
+    fit = torch.nonzero(~held).squeeze(1)
+    return images.subset(fit), images.subset(torch.nonzero(held).squeeze(1))
+
+
 def training_pool(
     train: ImageSet,
     categories: Sequence[str],

@@ -11,8 +11,10 @@ choice a mechanism makes is fitted on training images only:
 ``fsgm-gradient``  performance on a training *selection pool* (β = 0 included), with
                    gradient values
 ``fsgm-optimal``   directly optimised per-map gains (:mod:`~bioattn.mechanisms.optimal`) at
-                   every layer on the selection pool; per category the layer whose gains did
-                   best there (no attention if none beat it)
+                   every layer on a fitting pool, kept by early stopping on a validation
+                   set of other training images (:func:`.holdout_split`); per category the
+                   layer whose gains did best on the validation set (no attention if none
+                   beat it); its rows carry the train and validation performance
 ``dasnet``         feedback feature gains from top-layer activity (:mod:`.dasnet`)
 ``soft-spatial``   softmax weighting over positions of one layer (:mod:`.soft_spatial`)
 ``ram``            hard spatial attention, a recurrent attention model trained from scratch
@@ -66,6 +68,7 @@ from bioattn.mechanisms.common import (
     CuedSet,
     cued_set,
     evaluate_in_batches,
+    holdout_split,
     metric_rows,
     training_pool,
 )
@@ -135,9 +138,13 @@ class CompareConfig:
     ram_budget: Budget = Budget(400, 32, 1e-3)
     soft_budget: Budget = Budget(150, 32, 3e-3)
     dasnet_budget: Budget = Budget(60, 32, 3e-3)
-    optimal_budget: Budget = Budget(8, 200, 0.1)
+    optimal_budget: Budget = Budget(30, 500, 0.1)
     optimal_l2: float = 1e-3
     optimal_bounds: tuple[float, float] = (0.0, 3.0)
+    optimal_per_class: int = 50
+    optimal_validation_per_class: int = 25
+    optimal_validation_fraction: float = 0.2
+    optimal_patience: int | None = 6
     clutter_budget: Budget | None = Budget(300, 32, 1e-3)
     clutter_train: int = 5_000
     clutter_test: int = 1_000
@@ -153,13 +160,31 @@ class CompareConfig:
                 f"image types {bad or '(none)'} cannot be compared; choose from "
                 f"{', '.join(COMPARE_IMAGE_TYPES)}"
             )
-        for name in ("n_pos", "n_neg", "pool_per_class", "select_per_class", "feedback_steps"):
+        for name in (
+            "n_pos",
+            "n_neg",
+            "pool_per_class",
+            "select_per_class",
+            "feedback_steps",
+            "optimal_per_class",
+            "optimal_validation_per_class",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("clutter_train", "clutter_test", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_bounds(self.optimal_bounds)
+        if not 0.0 < self.optimal_validation_fraction < 1.0:
+            raise ConfigError(
+                "optimal_validation_fraction must lie strictly between 0 and 1, got "
+                f"{self.optimal_validation_fraction}"
+            )
+        if self.optimal_patience is not None and self.optimal_patience < 1:
+            raise ConfigError(
+                "optimal_patience must be >= 1 (or None: no early stop), got "
+                f"{self.optimal_patience}"
+            )
         if self.optimal_l2 < 0:
             raise ConfigError(f"optimal_l2 must be >= 0, got {self.optimal_l2}")
         if not self.betas or any(not np.isfinite(b) for b in self.betas):
@@ -177,7 +202,9 @@ class CompareConfig:
             "ram_budget": Budget(100, 32, 1e-3),
             "soft_budget": Budget(30, 32, 3e-3),
             "dasnet_budget": Budget(30, 32, 1e-3),
-            "optimal_budget": Budget(5, 300, 0.05),
+            "optimal_budget": Budget(8, 300, 0.1),
+            "optimal_per_class": 20,
+            "optimal_validation_per_class": 10,
             "clutter_budget": Budget(100, 32, 1e-3),
             "clutter_train": 1_000,
             "clutter_test": 200,
@@ -248,12 +275,13 @@ def _select_fsgm(
     return candidates[int(np.argmax(performance))]
 
 
-def _optimal_choice(results: Sequence[OptimalGains], k: int) -> tuple[OptimalGains | None, float]:
-    """The layer whose gains did best for category index ``k`` (None: none beat β = 0)."""
-    best = max(results, key=lambda r: float(r.train_performance[k]))
-    if float(best.train_performance[k]) <= float(best.baseline_performance[k]):
-        return None, float(best.baseline_performance[k])
-    return best, float(best.train_performance[k])
+def _optimal_choice(results: Sequence[OptimalGains], k: int) -> OptimalGains | None:
+    """The layer whose gains did best for category index ``k`` on the set they were kept by
+    (the validation split); None when no layer beat β = 0 there."""
+    best = max(results, key=lambda r: float(r.selection_performance[k]))
+    if float(best.selection_performance[k]) <= float(best.selection_baseline[k]):
+        return None
+    return best
 
 
 def _rows_for(
@@ -268,7 +296,8 @@ def _rows_for(
 
 
 def summarise(by_category: pd.DataFrame, timings: Mapping[str, float]) -> pd.DataFrame:
-    """Mean ± SEM over categories per (image type, mechanism), with training seconds."""
+    """Mean ± SEM over categories per (image type, mechanism), with training seconds (and,
+    for optimal gains, the mean performance on their fitting pool and validation set)."""
     rows = []
     for (image_type, mechanism), group in by_category.groupby(["image_type", "mechanism"]):
         row: dict[str, object] = {"image_type": image_type, "mechanism": mechanism}
@@ -278,6 +307,9 @@ def summarise(by_category: pd.DataFrame, timings: Mapping[str, float]) -> pd.Dat
             row[f"{metric}_sem"] = (
                 float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
             )
+        for fitted in ("train_performance", "validation_performance"):  # optimal gains only
+            if fitted in group and group[fitted].notna().any():
+                row[fitted] = float(group[fitted].astype(float).mean())
         row["n_categories"] = int(group["category"].nunique())
         row["train_seconds"] = round(float(timings.get(f"{image_type}/{mechanism}", 0.0)), 1)
         rows.append(row)
@@ -443,7 +475,6 @@ def compare_mechanisms(
         selection_tasks = training_pool(
             train, categories, image_type, config.select_per_class, config.seed + 1
         )
-        selection = cued_set(list(selection_tasks.values()), detectors.categories)
 
         def timed(name: str, seconds: float, image_type: str = image_type) -> None:
             timings[f"{image_type}/{name}"] = seconds
@@ -472,30 +503,66 @@ def compare_mechanisms(
                     rows.append(row)
             timed(f"fsgm-{method}", time.perf_counter() - step)
 
-        # optimal gains at every layer, the best layer per category
+        # optimal gains at every layer, fitted on one part of the training split and kept
+        # (early stopping, and the layer per category) by a validation set from the other part
         step = time.perf_counter()
+        fit_images, validation_images = holdout_split(
+            train, config.optimal_validation_fraction, config.seed
+        )
+        fit = cued_set(
+            list(
+                training_pool(
+                    fit_images, categories, image_type, config.optimal_per_class, config.seed
+                ).values()
+            ),
+            detectors.categories,
+        )
+        validation = cued_set(
+            list(
+                training_pool(
+                    validation_images,
+                    categories,
+                    image_type,
+                    config.optimal_validation_per_class,
+                    config.seed + 2,
+                ).values()
+            ),
+            detectors.categories,
+        )
         results = [
             optimise_gains(
                 network,
                 detectors,
                 layer,
-                selection,
+                fit,
                 config.optimal_budget,
                 config.optimal_l2,
                 config.optimal_bounds,
                 _options(config, folder / f"{image_type}_optimal_{layer.alias}.pt", progress, 5),
+                validation=validation,
+                patience=config.optimal_patience,
             )
             for layer in layers
         ]
         for c, k in zip(categories, cat_index, strict=True):
-            choice, train_perf = _optimal_choice(results, k)
+            choice = _optimal_choice(results, k)
             if choice is None:
                 logits = baseline[c]
             else:
                 mod = {choice.layer: Modulation(scale=choice.gains[k])}
                 logits = target_logits(network, detectors, tasks[c], mod)
+            kept = choice or results[0]  # no layer chosen: β = 0's scores (the same at every layer)
             for row in _rows_for({c: logits}, tasks, image_type, "fsgm-optimal"):
-                row.update(layer=choice.layer.alias if choice else "", train_performance=train_perf)
+                row.update(
+                    layer=choice.layer.alias if choice else "",
+                    train_performance=float(
+                        kept.train_performance[k] if choice else kept.baseline_train[k]
+                    ),
+                    validation_performance=float(
+                        kept.validation_performance[k] if choice else kept.baseline_validation[k]
+                    ),
+                    optimal_step=int(kept.best_step[k]) if choice else 0,
+                )
                 rows.append(row)
         timed("fsgm-optimal", time.perf_counter() - step)
         optimal_gains = {r.layer.alias: r.gains[cat_index] for r in results}

@@ -72,6 +72,7 @@ class TrainingLog:
     history: dict[str, list[float]] = field(default_factory=dict)
     resumed_from: int = 0
     finished: bool = True
+    stopped_early: bool = False
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -112,6 +113,7 @@ def train_loop(
     desc: str = "training",
     options: RunOptions = RunOptions(),
     data: Sequence[torch.Tensor] = (),
+    stop_when: Callable[[], bool] | None = None,
 ) -> TrainingLog:
     """Run ``step_fn(step)`` for steps ``0 … steps − 1``, resuming from ``options.checkpoint``.
 
@@ -129,6 +131,10 @@ def train_loop(
             ``checkpoint_every`` (steps between checkpoints), ``progress`` (show a tqdm bar),
             ``stop_after`` (do at most this many steps in this call, then checkpoint and return
             with ``finished=False``).
+        stop_when: early stopping: checked before every step, and when it returns True the
+            run ends there (``finished`` and ``stopped_early``). It must read state kept in
+            ``modules`` (e.g. a buffer counting steps without improvement), so that a resumed
+            run stops where an uninterrupted one would.
     """
     checkpoint, checkpoint_every = options.checkpoint, options.checkpoint_every
     progress, stop_after = options.progress, options.stop_after
@@ -174,7 +180,11 @@ def train_loop(
     end = steps if stop_after is None else min(steps, start + max(0, int(stop_after)))
     began = time.perf_counter()
     bar = progress_bar(total=steps, initial=min(start, steps), desc=desc, disable=not progress)
+    stopped = False
     for step in range(start, end):
+        if stop_when is not None and stop_when():
+            stopped, end = True, step
+            break
         metrics = step_fn(step)
         for name, value in metrics.items():
             history.setdefault(name, []).append(float(value))
@@ -184,6 +194,8 @@ def train_loop(
         if (step + 1) % checkpoint_every == 0 and step + 1 < end:
             write(step + 1, seconds + time.perf_counter() - began)
     bar.close()
+    if not stopped and end < steps and stop_when is not None and stop_when():
+        stopped = True  # the last step of this call met the condition
     done = max(start, end)
     total_seconds = seconds + time.perf_counter() - began
     if done > resumed_from or (path is not None and not path.exists()):
@@ -193,5 +205,6 @@ def train_loop(
         seconds=total_seconds,
         history=history,
         resumed_from=resumed_from,
-        finished=done >= steps,
+        finished=stopped or done >= steps,
+        stopped_early=stopped,
     )
