@@ -19,7 +19,12 @@ from bioattn.mechanisms.common import (
     per_category_performance,
     training_pool,
 )
-from bioattn.mechanisms.compare import MECHANISMS, CompareConfig, compare_mechanisms
+from bioattn.mechanisms.compare import (
+    MECHANISMS,
+    OVERT_COVERT,
+    CompareConfig,
+    compare_mechanisms,
+)
 from bioattn.mechanisms.dasnet import FeedbackPolicy, dasnet_pass
 from bioattn.mechanisms.glimpse import glimpse_sensor, location_to_pixels
 from bioattn.mechanisms.optimal import optimise_gains
@@ -466,6 +471,16 @@ def test_comparison_table_on_a_tiny_setup(setup, tmp_path) -> None:
         if row["layer"] in ("", None) or pd.isna(row["layer"]):
             assert row["tp"] == none.loc[(row["image_type"], row["category"]), "tp"]
     assert set(result.correlations["gains"]) == {"optimal", "dasnet"}
+    # the optimal gains report their fitting-pool and validation performance
+    optimal = by_category[by_category["mechanism"] == "fsgm-optimal"]
+    assert optimal["train_performance"].between(0, 1).all()
+    assert optimal["validation_performance"].between(0, 1).all()
+    # overt vs covert vs feature attention on the arrays, one row each, with d′ and criterion
+    overt_covert = pd.read_csv(tmp_path / "overt_covert.csv")
+    assert list(overt_covert["mechanism"]) == [m for m, _ in OVERT_COVERT]
+    assert overt_covert[["dprime", "criterion", "performance"]].notna().all().all()
+    spatial = by_category[by_category["mechanism"] == "fsgm-spatial"]
+    assert len(spatial) == 2 and (spatial["beta"] >= 0).all()
     for name in (
         "comparison",
         "ram_glimpses_array",

@@ -15,6 +15,10 @@ choice a mechanism makes is fitted on training images only:
                    set of other training images (:func:`.holdout_split`); per category the
                    layer whose gains did best on the validation set (no attention if none
                    beat it); its rows carry the train and validation performance
+``fsgm-spatial``   (arrays only) covert spatial attention: the spatial gain (1 + β on the
+                   cued quadrant, max(0, 1 − β) elsewhere, every map) with a valid cue (the
+                   target's quadrant; a random one on negatives), (layer, β) per category
+                   from the selection pool
 ``dasnet``         feedback feature gains from top-layer activity (:mod:`.dasnet`)
 ``soft-spatial``   softmax weighting over positions of one layer (:mod:`.soft_spatial`)
 ``ram``            hard spatial attention, a recurrent attention model trained from scratch
@@ -26,7 +30,8 @@ dasNet, soft spatial attention and RAM train on a larger *training pool* of cued
 Fashion-MNIST (``clutter_size`` × ``clutter_size``, Mnih et al.'s task) and its test accuracy
 reported. Results folder: ``comparison.csv`` (mean ± SEM over categories per image type and
 mechanism, with training time), ``comparison_by_category.csv``, ``gain_correlations.csv`` (learned
-and optimal gains against tuning and gradient values, per layer), ``ram_clutter.json``,
+and optimal gains against tuning and gradient values, per layer), ``overt_covert.csv`` (arrays:
+overt vs covert spatial vs feature attention, :func:`overt_covert_table`), ``ram_clutter.json``,
 ``config.json`` (settings, budgets, timings, versions) and ``figures/`` (comparison, RAM
 glimpse trajectories, soft attention maps). Training checkpoints go to ``checkpoints/``; running
 again with the same folder resumes or reuses them.
@@ -49,18 +54,20 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from bioattn.analysis.figures import save_figure
+from bioattn.analysis.sdt import detection_metrics
 from bioattn.attention.gains import Modulation
-from bioattn.attention.rules import FeatureGain, ValueSource
+from bioattn.attention.rules import FeatureGain, SpatialGain, ValueSource
 from bioattn.attention.values import compute_values, load_values, save_values, variable_name
 from bioattn.cache import atomic_write_bytes
 from bioattn.data.clutter import make_cluttered
 from bioattn.data.fashion_mnist import load_fashion_mnist
 from bioattn.data.imageset import ImageSet
-from bioattn.data.tasks import TaskSet
+from bioattn.data.tasks import TaskSet, cue_seed
 from bioattn.errors import ConfigError
 from bioattn.experiments.engine import target_logits
 from bioattn.experiments.evaluate import ModulationEvaluator, make_evaluator
-from bioattn.experiments.grid import Condition, Grid, LayerSetting
+from bioattn.experiments.grid import Arm, Condition, Grid, LayerSetting
+from bioattn.experiments.psychophysics import cue_quadrants
 from bioattn.experiments.run import PerformanceSink, run
 from bioattn.experiments.runfolder import write_run_config
 from bioattn.experiments.sweep import COARSE_BETAS, SweepConfig, build_test_sets
@@ -104,9 +111,20 @@ MECHANISMS = (
     "fsgm-tuning",
     "fsgm-gradient",
     "fsgm-optimal",
+    "fsgm-spatial",
     "dasnet",
     "soft-spatial",
     "ram",
+)
+#: The overt vs covert comparison on arrays (``overt_covert.csv``): no attention, covert
+#: feature gain, covert spatial gain (given and learned), overt attention (glimpses).
+OVERT_COVERT = (
+    ("none", "no attention"),
+    ("fsgm-tuning", "covert, feature (FSGM tuning)"),
+    ("fsgm-gradient", "covert, feature (FSGM gradient)"),
+    ("fsgm-spatial", "covert, spatial (gain on the cued quadrant)"),
+    ("soft-spatial", "covert, spatial (learned soft attention)"),
+    ("ram", "overt (glimpses, RAM)"),
 )
 #: Image types the comparison supports (attention needs something to select among).
 COMPARE_IMAGE_TYPES = ("array", "merged")
@@ -273,6 +291,58 @@ def _select_fsgm(
         candidates.append(condition)
         performance.append(row["performance"])
     return candidates[int(np.argmax(performance))]
+
+
+def _spatial_condition(
+    setting: LayerSetting, beta: float, task: TaskSet, seed: int, k: int
+) -> Condition:
+    """The valid spatial cue at ``setting`` and ``beta`` on ``task`` (category index ``k``):
+    positives cued at the target's quadrant, negatives at a random one (as in cueing)."""
+    generator = torch.Generator().manual_seed(cue_seed(seed, k))
+    quadrants = cue_quadrants(task, "valid", generator)
+    return Condition(setting, Arm(SpatialGain(), cue="valid"), beta, quadrants)
+
+
+def _select_spatial(
+    evaluator: ModulationEvaluator,
+    layers: Sequence[LayerInfo],
+    betas: Sequence[float],
+    select: TaskSet,
+    baseline: float,
+    seed: int,
+    k: int,
+) -> tuple[LayerSetting, float] | None:
+    """The (layer, β) of the valid spatial cue with the best performance on ``select`` (None:
+    no attention, whose performance there is ``baseline``); ties go to no attention."""
+    candidates = [(LayerSetting.single(la), b) for la in layers for b in betas if b != 0.0]
+    conditions = [_spatial_condition(s, b, select, seed, k) for s, b in candidates]
+    logits = evaluator.evaluate(select, conditions, ValueSource(xr.Dataset())).logits
+    scores = [detection_metrics(row, select.is_target)["performance"] for row in logits]
+    best = int(np.argmax(scores)) if scores else -1
+    if best < 0 or scores[best] <= baseline:
+        return None
+    return candidates[best]
+
+
+def overt_covert_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Overt vs covert attention on arrays: the comparison's rows of :data:`OVERT_COVERT`
+    (performance ± SEM, TP, TN, d′ and criterion, mean over categories)."""
+    arrays = summary[summary["image_type"] == "array"].set_index("mechanism")
+    rows = []
+    for mechanism, kind in OVERT_COVERT:
+        if mechanism not in arrays.index:
+            continue
+        row = arrays.loc[mechanism]
+        rows.append(
+            {
+                "mechanism": mechanism,
+                "attention": kind,
+                **{m: float(row[m]) for m in ("performance", "performance_sem", "tp", "tn")},
+                "dprime": float(row["dprime"]),
+                "criterion": float(row["criterion"]),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _optimal_choice(results: Sequence[OptimalGains], k: int) -> OptimalGains | None:
@@ -464,14 +534,14 @@ def compare_mechanisms(
     for image_type in config.image_types:
         tasks = {c: test_sets[(image_type, c)] for c in categories}
         test_cued = cued_set(list(tasks.values()), detectors.categories)
-        pool = cued_set(
-            list(
-                training_pool(
-                    train, categories, image_type, config.pool_per_class, config.seed
-                ).values()
-            ),
-            detectors.categories,
-        )
+
+        def pooled(
+            images: ImageSet, per_class: int, seed: int, image_type: str = image_type
+        ) -> CuedSet:
+            tasks = training_pool(images, categories, image_type, per_class, seed)
+            return cued_set(list(tasks.values()), detectors.categories)
+
+        pool = pooled(train, config.pool_per_class, config.seed)
         selection_tasks = training_pool(
             train, categories, image_type, config.select_per_class, config.seed + 1
         )
@@ -509,26 +579,8 @@ def compare_mechanisms(
         fit_images, validation_images = holdout_split(
             train, config.optimal_validation_fraction, config.seed
         )
-        fit = cued_set(
-            list(
-                training_pool(
-                    fit_images, categories, image_type, config.optimal_per_class, config.seed
-                ).values()
-            ),
-            detectors.categories,
-        )
-        validation = cued_set(
-            list(
-                training_pool(
-                    validation_images,
-                    categories,
-                    image_type,
-                    config.optimal_validation_per_class,
-                    config.seed + 2,
-                ).values()
-            ),
-            detectors.categories,
-        )
+        fit = pooled(fit_images, config.optimal_per_class, config.seed)
+        validation = pooled(validation_images, config.optimal_validation_per_class, config.seed + 2)
         results = [
             optimise_gains(
                 network,
@@ -571,6 +623,29 @@ def compare_mechanisms(
                 image_type=image_type, gains="optimal"
             )
         )
+
+        # covert spatial attention with a valid cue (arrays: there is a quadrant to cue)
+        if image_type == "array":
+            step = time.perf_counter()
+            for c, k in zip(categories, cat_index, strict=True):
+                select = selection_tasks[c]
+                unattended = target_logits(network, detectors, select)
+                base = detection_metrics(unattended, select.is_target)["performance"]
+                chosen_spatial = _select_spatial(
+                    evaluator, layers, betas, select, base, config.seed + 3, k
+                )
+                if chosen_spatial is None:
+                    logits = baseline[c]
+                else:
+                    condition = _spatial_condition(*chosen_spatial, tasks[c], config.seed, k)
+                    logits = evaluator.evaluate(tasks[c], [condition], source).logits[0]
+                for row in _rows_for({c: logits}, tasks, image_type, "fsgm-spatial"):
+                    row.update(
+                        layer=chosen_spatial[0].name if chosen_spatial else "",
+                        beta=chosen_spatial[1] if chosen_spatial else 0.0,
+                    )
+                    rows.append(row)
+            timed("fsgm-spatial", time.perf_counter() - step)
 
         # dasNet-style feedback gains
         with _seeded(config.seed):
@@ -670,6 +745,9 @@ def compare_mechanisms(
     by_category.to_csv(out_dir / "comparison_by_category.csv", index=False)
     summary.to_csv(out_dir / "comparison.csv", index=False)
     corr.to_csv(out_dir / "gain_correlations.csv", index=False)
+    if "array" in config.image_types:
+        overt_covert_table(summary).to_csv(out_dir / "overt_covert.csv", index=False)
+        paths.append(out_dir / "overt_covert.csv")
     atomic_write_bytes(out_dir / "ram_clutter.json", json.dumps(clutter, indent=2).encode())
     paths += plot_comparison(summary, figures / "comparison")
     paths += [out_dir / n for n in ("comparison.csv", "comparison_by_category.csv")]
