@@ -25,7 +25,7 @@ from bioattn.mechanisms.compare import (
     CompareConfig,
     compare_mechanisms,
 )
-from bioattn.mechanisms.dasnet import FeedbackPolicy, dasnet_pass
+from bioattn.mechanisms.dasnet import FeedbackPolicy, dasnet_pass, train_dasnet_snes
 from bioattn.mechanisms.glimpse import glimpse_sensor, location_to_pixels
 from bioattn.mechanisms.optimal import optimise_gains
 from bioattn.mechanisms.ram import (
@@ -35,6 +35,7 @@ from bioattn.mechanisms.ram import (
     reinforce_loss,
     train_ram,
 )
+from bioattn.mechanisms.snes import SearchDistribution, rank_utilities, snes_step
 from bioattn.mechanisms.soft_spatial import (
     SoftSpatialAttention,
     soft_spatial_logits,
@@ -211,6 +212,73 @@ def test_untrained_dasnet_policy_leaves_the_network_unchanged(setup) -> None:
         )
     torch.testing.assert_close(logits, plain)
     assert [g.shape for g in gains] == [(10, 2), (10, 3)]
+
+
+# --- dasNet trained by SNES, as Stollenga et al. ----------------------------------------------
+def test_rank_utilities_favour_the_fittest_and_sum_to_zero() -> None:
+    u = rank_utilities(torch.tensor([0.1, 3.0, -1.0, 2.0]))
+    assert float(u.sum()) == pytest.approx(0.0, abs=1e-12)
+    assert int(torch.argmax(u)) == 1 and float(u[1]) > float(u[3]) > float(u[0])
+    tied = rank_utilities(torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    assert float(tied[0]) == float(tied[1]) > float(tied[2]) == float(tied[3])
+
+
+def test_snes_climbs_a_toy_fitness() -> None:
+    # the sign of the update: the mean must move towards the optimum, never away
+    target = torch.linspace(-1, 1, 6, dtype=torch.float64)
+    distribution = SearchDistribution(torch.zeros(6), sigma=0.3)
+
+    def distance() -> float:
+        return float((distribution.mean - target).norm())
+
+    start = distance()
+    for generation in range(60):
+        snes_step(
+            distribution,
+            lambda theta: -float(((theta - target) ** 2).sum()),
+            10,
+            torch.Generator().manual_seed(generation),
+        )
+    assert distance() < 0.2 * start
+    reversed_distribution = SearchDistribution(torch.zeros(6), sigma=0.3)
+    for generation in range(20):  # minimising instead must move away
+        snes_step(
+            reversed_distribution,
+            lambda theta: float(((theta - target) ** 2).sum()),
+            10,
+            torch.Generator().manual_seed(generation),
+        )
+    assert float((reversed_distribution.mean - target).norm()) > start
+    with pytest.raises(ConfigError, match="even number"):
+        snes_step(distribution, lambda theta: 0.0, 3, torch.Generator())
+
+
+def test_dasnet_snes_trains_the_policy_and_resumes_to_the_same_result(setup, tmp_path) -> None:
+    network, detectors, train, _test = setup
+    pool = cued_set(list(training_pool(train, CATEGORIES, "merged", 6).values()), CATEGORIES)
+
+    def run(path, stop_after=None):
+        torch.manual_seed(0)
+        policy = FeedbackPolicy(detectors.n_features, [la.channels for la in network.layers], 5, 8)
+        log = train_dasnet_snes(
+            network,
+            detectors,
+            policy,
+            network.layers,
+            pool,
+            Budget(4, 16, 1.0),
+            options=RunOptions(path, checkpoint_every=1, progress=False, stop_after=stop_after),
+            population=4,
+        )
+        return policy, log
+
+    whole, log = run(tmp_path / "a.pt")
+    assert log.steps == 4 and len(log.history["loss"]) == 4
+    assert float(whole.out.weight.detach().abs().sum()) > 0  # it moved off the all-ones start
+    run(tmp_path / "b.pt", stop_after=2)
+    resumed, _ = run(tmp_path / "b.pt")
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 # --- optimal gains ----------------------------------------------------------------------------
@@ -429,6 +497,8 @@ def tiny_config(**changes) -> CompareConfig:
         "ram_budget": Budget(2, 8),
         "soft_budget": Budget(2, 8),
         "dasnet_budget": Budget(2, 8),
+        "dasnet_snes_budget": Budget(2, 8, 1.0),
+        "dasnet_population": 4,
         "optimal_budget": Budget(2, 32, 0.1),
         "clutter_budget": Budget(2, 8),
         "clutter_train": 16,
@@ -470,7 +540,7 @@ def test_comparison_table_on_a_tiny_setup(setup, tmp_path) -> None:
     for _, row in by_category[by_category["mechanism"].str.startswith("fsgm")].iterrows():
         if row["layer"] in ("", None) or pd.isna(row["layer"]):
             assert row["tp"] == none.loc[(row["image_type"], row["category"]), "tp"]
-    assert set(result.correlations["gains"]) == {"optimal", "dasnet"}
+    assert set(result.correlations["gains"]) == {"optimal", "dasnet", "dasnet-snes"}
     # the optimal gains report their fitting-pool and validation performance
     optimal = by_category[by_category["mechanism"] == "fsgm-optimal"]
     assert optimal["train_performance"].between(0, 1).all()
@@ -491,7 +561,7 @@ def test_comparison_table_on_a_tiny_setup(setup, tmp_path) -> None:
         assert (tmp_path / "figures" / f"{name}.svg").exists()
     assert (tmp_path / "config.json").exists()
     assert 0.0 <= result.clutter["test_accuracy"] <= 1.0
-    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 2 + 3 + 1
+    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 2 + 4 + 1
 
 
 @pytest.mark.parametrize(
@@ -514,6 +584,8 @@ def test_comparison_config_rejects_bad_settings() -> None:
         tiny_config(optimal_bounds=(0.0, 0.5))
     with pytest.raises(ConfigError, match="pool_per_class"):
         tiny_config(pool_per_class=0)
+    with pytest.raises(ConfigError, match="even number"):
+        tiny_config(dasnet_population=3)
 
 
 def test_checkpoints_of_other_data_or_more_steps_are_refused(tmp_path) -> None:

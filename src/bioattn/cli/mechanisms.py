@@ -20,14 +20,16 @@ from bioattn.cli.common import (
 BUDGETS = (
     ("ram", "RAM detection"),
     ("soft", "soft spatial attention"),
-    ("dasnet", "dasNet feedback"),
+    ("dasnet", "dasNet feedback (backprop)"),
+    ("dasnet_snes", "dasNet feedback trained by SNES (generations)"),
     ("optimal", "optimal gains (full-batch steps per layer)"),
     ("clutter", "RAM on cluttered images; 0 skips it"),
 )
 
 
 def cmd_mechanisms(args: argparse.Namespace) -> int:
-    """Train RAM, soft spatial attention, dasNet feedback and optimal gains; compare with FSGM.
+    """Train RAM, soft spatial attention, dasNet feedback (backprop and SNES) and optimal gains;
+    compare with FSGM (tuning, gradient and spatial).
 
     The network, detectors and values come from ``prepare`` (values kept in ``OUT_DIR``).
     """
@@ -101,5 +103,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--categories", type=csv, default=None, help="categories (default all)")
     p.add_argument("--soft-layer", default=None, help="soft spatial attention layer (last)")
     for name, what in BUDGETS:
-        p.add_argument(f"--{name}-steps", type=int, default=None, help=f"training steps of {what}")
+        flag = name.replace("_", "-")
+        p.add_argument(
+            f"--{flag}-steps",
+            dest=f"{name}_steps",
+            type=int,
+            default=None,
+            help=f"training steps of {what}",
+        )
     p.set_defaults(func=cmd_mechanisms)

@@ -19,7 +19,10 @@ choice a mechanism makes is fitted on training images only:
                    cued quadrant, max(0, 1 − β) elsewhere, every map) with a valid cue (the
                    target's quadrant; a random one on negatives), (layer, β) per category
                    from the selection pool
-``dasnet``         feedback feature gains from top-layer activity (:mod:`.dasnet`)
+``dasnet``         feedback feature gains from top-layer activity (:mod:`.dasnet`), the
+                   policy trained by backprop
+``dasnet-snes``    the same feedback policy (hidden layer ``dasnet_snes_hidden``) trained
+                   with SNES as in Stollenga et al. (:mod:`.snes`)
 ``soft-spatial``   softmax weighting over positions of one layer (:mod:`.soft_spatial`)
 ``ram``            hard spatial attention, a recurrent attention model trained from scratch
                    with REINFORCE on the pixels (:mod:`.ram`); not the default network
@@ -79,7 +82,13 @@ from bioattn.mechanisms.common import (
     metric_rows,
     training_pool,
 )
-from bioattn.mechanisms.dasnet import FeedbackPolicy, dasnet_pass, mean_gains, train_dasnet
+from bioattn.mechanisms.dasnet import (
+    FeedbackPolicy,
+    dasnet_pass,
+    mean_gains,
+    train_dasnet,
+    train_dasnet_snes,
+)
 from bioattn.mechanisms.optimal import (
     OptimalGains,
     check_bounds,
@@ -113,6 +122,7 @@ MECHANISMS = (
     "fsgm-optimal",
     "fsgm-spatial",
     "dasnet",
+    "dasnet-snes",
     "soft-spatial",
     "ram",
 )
@@ -156,6 +166,10 @@ class CompareConfig:
     ram_budget: Budget = Budget(400, 32, 1e-3)
     soft_budget: Budget = Budget(150, 32, 3e-3)
     dasnet_budget: Budget = Budget(60, 32, 3e-3)
+    dasnet_snes_budget: Budget = Budget(100, 64, 1.0)
+    dasnet_population: int = 10
+    dasnet_sigma: float = 0.05
+    dasnet_snes_hidden: int = 16
     optimal_budget: Budget = Budget(30, 500, 0.1)
     optimal_l2: float = 1e-3
     optimal_bounds: tuple[float, float] = (0.0, 3.0)
@@ -186,6 +200,7 @@ class CompareConfig:
             "feedback_steps",
             "optimal_per_class",
             "optimal_validation_per_class",
+            "dasnet_snes_hidden",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -193,6 +208,13 @@ class CompareConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_bounds(self.optimal_bounds)
+        if self.dasnet_population < 2 or self.dasnet_population % 2:
+            raise ConfigError(
+                f"dasnet_population must be an even number >= 2 (SNES draws mirrored pairs), "
+                f"got {self.dasnet_population}"
+            )
+        if not self.dasnet_sigma > 0:
+            raise ConfigError(f"dasnet_sigma must be > 0, got {self.dasnet_sigma}")
         if not 0.0 < self.optimal_validation_fraction < 1.0:
             raise ConfigError(
                 "optimal_validation_fraction must lie strictly between 0 and 1, got "
@@ -220,6 +242,7 @@ class CompareConfig:
             "ram_budget": Budget(100, 32, 1e-3),
             "soft_budget": Budget(30, 32, 3e-3),
             "dasnet_budget": Budget(30, 32, 1e-3),
+            "dasnet_snes_budget": Budget(20, 32, 1.0),
             "optimal_budget": Budget(8, 300, 0.1),
             "optimal_per_class": 20,
             "optimal_validation_per_class": 10,
@@ -647,45 +670,58 @@ def compare_mechanisms(
                     rows.append(row)
             timed("fsgm-spatial", time.perf_counter() - step)
 
-        # dasNet-style feedback gains
-        with _seeded(config.seed):
-            policy = FeedbackPolicy(
-                detectors.n_features, [la.channels for la in dasnet_layers], k_all
+        # dasNet-style feedback gains: trained by backprop, and by SNES as in dasNet
+        for name, hidden, trainer in (
+            ("dasnet", 64, train_dasnet),
+            (
+                "dasnet-snes",
+                config.dasnet_snes_hidden,
+                partial(
+                    train_dasnet_snes,
+                    population=config.dasnet_population,
+                    sigma=config.dasnet_sigma,
+                ),
+            ),
+        ):
+            with _seeded(config.seed):
+                policy = FeedbackPolicy(
+                    detectors.n_features, [la.channels for la in dasnet_layers], k_all, hidden
+                )
+            log = trainer(
+                network,
+                detectors,
+                policy,
+                dasnet_layers,
+                pool,
+                config.dasnet_budget if name == "dasnet" else config.dasnet_snes_budget,
+                config.feedback_steps,
+                config.seed,
+                _options(config, folder / f"{image_type}_{name.replace('-', '_')}.pt", progress),
             )
-        log = train_dasnet(
-            network,
-            detectors,
-            policy,
-            dasnet_layers,
-            pool,
-            config.dasnet_budget,
-            config.feedback_steps,
-            config.seed,
-            _options(config, folder / f"{image_type}_dasnet.pt", progress),
-        )
-        timed("dasnet", log.seconds)
-        feedback = partial(
-            dasnet_pass,
-            network,
-            detectors,
-            policy,
-            dasnet_layers,
-            feedback_steps=config.feedback_steps,
-        )
-        parts = evaluate_in_batches(feedback, test_cued.images, test_cued.category)
-        rows += _rows_for(torch.cat([p[0] for p in parts]), tasks, image_type, "dasnet", "all")
-        gains = [torch.cat(per_layer) for per_layer in zip(*(p[1] for p in parts), strict=True)]
-        learned = {
-            la.alias: g[cat_index]
-            for la, g in zip(
-                dasnet_layers, mean_gains(gains, test_cued.category, k_all), strict=True
+            timed(name, log.seconds)
+            feedback = partial(
+                dasnet_pass,
+                network,
+                detectors,
+                policy,
+                dasnet_layers,
+                feedback_steps=config.feedback_steps,
             )
-        }
-        correlations.append(
-            gain_value_correlations(learned, values, categories, image_type, dasnet_layers).assign(
-                image_type=image_type, gains="dasnet"
+            with torch.no_grad():
+                parts = evaluate_in_batches(feedback, test_cued.images, test_cued.category)
+            rows += _rows_for(torch.cat([p[0] for p in parts]), tasks, image_type, name, "all")
+            gains = [torch.cat(per_layer) for per_layer in zip(*(p[1] for p in parts), strict=True)]
+            learned = {
+                la.alias: g[cat_index]
+                for la, g in zip(
+                    dasnet_layers, mean_gains(gains, test_cued.category, k_all), strict=True
+                )
+            }
+            correlations.append(
+                gain_value_correlations(
+                    learned, values, categories, image_type, dasnet_layers
+                ).assign(image_type=image_type, gains=name)
             )
-        )
 
         # soft spatial attention
         with _seeded(config.seed):

@@ -4,9 +4,12 @@ The network first runs without attention. A feedback *policy* reads its top-laye
 readout features, standardised as the detectors standardise them) and the cued category, and
 sets one gain per feature map of every attended layer, ``g = 1 + tanh(z)`` in (0, 2). The
 network runs again with those gains; after ``feedback_steps`` rounds the cued detector decides.
-The policy's last layer starts at zero (all gains 1: no attention). It is trained by backprop
-through all rounds on the cued detector's cross-entropy, with the network and detectors fixed
-(dasNet trained its policy with an evolution strategy; backprop is the cheaper choice here).
+The policy's last layer starts at zero (all gains 1: no attention). Two ways to train it, the
+network and detectors fixed: :func:`train_dasnet` by backprop through all rounds on the cued
+detector's cross-entropy (the cheap choice), and :func:`train_dasnet_snes` as Stollenga et al.
+did, with separable natural evolution strategies (:mod:`.snes`): each generation scores a
+population of policies by the reward of whole multi-pass episodes (the negative cross-entropy
+of the final decision on a minibatch) and needs no gradient through the network.
 
 Because its gains are per feature map and the same at every position, the learned policy is an
 FSGM-style attention; :func:`mean_gains` gives its average gains per category, which
@@ -25,10 +28,19 @@ from bioattn.attention.gains import Modulation
 from bioattn.errors import ConfigError
 from bioattn.mechanisms.common import (
     CuedSet,
+    detection_loss,
+    frozen,
     network_features,
     train_with_frozen_network,
 )
-from bioattn.mechanisms.training import Budget, RunOptions, TrainingLog
+from bioattn.mechanisms.snes import SearchDistribution, snes_step
+from bioattn.mechanisms.training import (
+    Budget,
+    RunOptions,
+    TrainingLog,
+    step_generator,
+    train_loop,
+)
 from bioattn.models.detectors import Detectors
 from bioattn.models.network import LayerInfo, Network
 
@@ -115,6 +127,76 @@ def train_dasnet(
         },
         options,
     )
+
+
+def train_dasnet_snes(
+    network: Network,
+    detectors: Detectors,
+    policy: FeedbackPolicy,
+    layers: Sequence[LayerInfo],
+    data: CuedSet,
+    budget: Budget,
+    feedback_steps: int = 2,
+    seed: int = 0,
+    options: RunOptions = RunOptions(),
+    population: int = 10,
+    sigma: float = 0.05,
+) -> TrainingLog:
+    """Train the feedback policy with SNES, as dasNet did: ``budget.steps`` generations of
+    ``population`` policies, all scored on one minibatch of ``budget.batch_size`` cued images
+    per generation (fitness: minus the cued detector's cross-entropy after ``feedback_steps``
+    rounds); ``budget.learning_rate`` is SNES's η_μ. The policy ends at the distribution's mean
+    (resumable: the distribution is checkpointed)."""
+    if feedback_steps < 1:
+        raise ConfigError(f"feedback_steps must be >= 1, got {feedback_steps}")
+    distribution = SearchDistribution.of(policy, sigma)
+
+    def fitness(batch: CuedSet, theta: torch.Tensor) -> float:
+        distribution.load_into(policy, theta)
+        logits = dasnet_pass(
+            network, detectors, policy, layers, batch.images, batch.category, feedback_steps
+        )[0]
+        return -float(detection_loss(logits, batch.is_target))
+
+    def step(index: int) -> dict[str, float]:
+        generator = step_generator(seed, index)
+        batch = data.sample(budget.batch_size, generator)
+        with torch.no_grad():
+            scores = snes_step(
+                distribution,
+                lambda theta: fitness(batch, theta),
+                population,
+                generator,
+                budget.learning_rate,
+            )
+            at_mean = fitness(batch, distribution.mean)
+        return {"loss": -at_mean, "best_member_loss": -float(scores.max())}
+
+    settings = {
+        "mechanism": "dasnet-snes",
+        "model": network.name,
+        "layers": [layer.alias for layer in layers],
+        "feedback_steps": feedback_steps,
+        "image_type": data.image_type,
+        "n": len(data),
+        "budget": {"batch_size": budget.batch_size, "learning_rate": budget.learning_rate},
+        "population": population,
+        "sigma": sigma,
+        "seed": seed,
+    }
+    with frozen(network.module), frozen(policy):
+        log = train_loop(
+            {"distribution": distribution},
+            None,
+            step,
+            budget.steps,
+            settings,
+            f"dasnet-snes ({data.image_type})",
+            options,
+            data=(data.images, data.category, data.is_target),
+        )
+    distribution.load_into(policy)
+    return log
 
 
 def mean_gains(

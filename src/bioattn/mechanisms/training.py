@@ -106,7 +106,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def train_loop(
     modules: Mapping[str, nn.Module],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     step_fn: Callable[[int], Mapping[str, float]],
     steps: int,
     settings: Mapping[str, Any],
@@ -119,7 +119,8 @@ def train_loop(
 
     Args:
         modules: everything with state that training changes, by name (saved and restored).
-        optimizer: the optimizer (its state is saved and restored too).
+        optimizer: the optimizer (its state is saved and restored too); ``None`` for training
+            that keeps all its state in ``modules`` (e.g. an evolution strategy's buffers).
         step_fn: does one step (forward, backward, ``optimizer.step()``) and returns metrics.
         steps: total number of steps; a checkpoint that already has them returns at once.
         settings: JSON-serialisable settings that determine the run except ``steps``; a
@@ -152,7 +153,8 @@ def train_loop(
             )
         for name, module in modules.items():
             module.load_state_dict(state["modules"][name])
-        optimizer.load_state_dict(state["optimizer"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
         start, seconds, history = int(state["step"]), float(state["seconds"]), state["history"]
         if start > steps:
             raise ConfigError(
@@ -173,7 +175,7 @@ def train_loop(
                 "seconds": elapsed,
                 "history": history,
                 "modules": {name: module.state_dict() for name, module in modules.items()},
-                "optimizer": optimizer.state_dict(),
+                "optimizer": None if optimizer is None else optimizer.state_dict(),
             },
         )
 
