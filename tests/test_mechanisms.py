@@ -35,7 +35,12 @@ from bioattn.mechanisms.ram import (
     reinforce_loss,
     train_ram,
 )
-from bioattn.mechanisms.snes import SearchDistribution, rank_utilities, snes_step
+from bioattn.mechanisms.snes import (
+    SearchDistribution,
+    default_population,
+    rank_utilities,
+    snes_step,
+)
 from bioattn.mechanisms.soft_spatial import (
     SoftSpatialAttention,
     soft_spatial_logits,
@@ -251,6 +256,7 @@ def test_snes_climbs_a_toy_fitness() -> None:
     assert float((reversed_distribution.mean - target).norm()) > start
     with pytest.raises(ConfigError, match="even number"):
         snes_step(distribution, lambda theta: 0.0, 3, torch.Generator())
+    assert default_population(5008) == 30 and default_population(6) == 10
 
 
 def test_dasnet_snes_trains_the_policy_and_resumes_to_the_same_result(setup, tmp_path) -> None:

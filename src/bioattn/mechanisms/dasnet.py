@@ -33,7 +33,7 @@ from bioattn.mechanisms.common import (
     network_features,
     train_with_frozen_network,
 )
-from bioattn.mechanisms.snes import SearchDistribution, snes_step
+from bioattn.mechanisms.snes import SearchDistribution, default_population, snes_step
 from bioattn.mechanisms.training import (
     Budget,
     RunOptions,
@@ -139,17 +139,20 @@ def train_dasnet_snes(
     feedback_steps: int = 2,
     seed: int = 0,
     options: RunOptions = RunOptions(),
-    population: int = 10,
+    population: int | None = None,
     sigma: float = 0.05,
 ) -> TrainingLog:
     """Train the feedback policy with SNES, as dasNet did: ``budget.steps`` generations of
-    ``population`` policies, all scored on one minibatch of ``budget.batch_size`` cued images
+    ``population`` policies (default SNES's 4 + ⌊3 ln d⌋ for d policy parameters), all scored
+    on one minibatch of ``budget.batch_size`` cued images
     per generation (fitness: minus the cued detector's cross-entropy after ``feedback_steps``
     rounds); ``budget.learning_rate`` is SNES's η_μ. The policy ends at the distribution's mean
     (resumable: the distribution is checkpointed)."""
     if feedback_steps < 1:
         raise ConfigError(f"feedback_steps must be >= 1, got {feedback_steps}")
     distribution = SearchDistribution.of(policy, sigma)
+    if population is None:
+        population = default_population(distribution.mean.numel())
 
     def fitness(batch: CuedSet, theta: torch.Tensor) -> float:
         distribution.load_into(policy, theta)

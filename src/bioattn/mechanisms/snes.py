@@ -27,7 +27,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from bioattn.errors import ConfigError
 
-__all__ = ["SearchDistribution", "rank_utilities", "snes_step"]
+__all__ = ["SearchDistribution", "default_population", "rank_utilities", "snes_step"]
 
 
 class SearchDistribution(nn.Module):
@@ -51,6 +51,12 @@ class SearchDistribution(nn.Module):
         reference = next(module.parameters())
         with torch.no_grad():
             vector_to_parameters(target.to(reference.dtype), module.parameters())
+
+
+def default_population(dimensions: int) -> int:
+    """SNES's default population, 4 + ⌊3 ln d⌋, rounded up to an even number (mirrored pairs)."""
+    size = 4 + math.floor(3 * math.log(max(int(dimensions), 1)))
+    return size + size % 2
 
 
 def rank_utilities(fitness: torch.Tensor) -> torch.Tensor:
