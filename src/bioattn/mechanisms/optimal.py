@@ -17,9 +17,9 @@ on the set they were chosen on.
 
 Fitted on the 20 + 20 images of the FSGM selection pool and kept by their training score,
 optimal gains overfit (0.90 on their pool, 0.815 on the test arrays, no better than FSGM): the
-"upper bound" bounded nothing. Fitted on a larger pool and stopped on a validation split, they
-are a real bound on what per-map gains at one layer can do for held-out images, reported on
-train, validation and test (RESULTS.md).
+"upper bound" bounded nothing. :func:`bioattn.mechanisms.compare.compare_mechanisms` now fits
+them on a larger pool, stops them on a validation split and reports train, validation and test;
+RESULTS.md says how far that makes them a bound (on held-out arrays still not above FSGM).
 """
 
 from __future__ import annotations
@@ -85,20 +85,16 @@ class OptimalGains:
     @property
     def selection_performance(self) -> torch.Tensor:
         """The score the gains were kept by: validation performance, else training."""
-        return (
-            self.train_performance
-            if self.validation_performance.isnan().all()
-            else (self.validation_performance)
-        )
+        if self.validation_performance.isnan().all():
+            return self.train_performance
+        return self.validation_performance
 
     @property
     def selection_baseline(self) -> torch.Tensor:
         """β = 0's performance on the set the gains were kept by."""
-        return (
-            self.baseline_train
-            if self.baseline_validation.isnan().all()
-            else (self.baseline_validation)
-        )
+        if self.baseline_validation.isnan().all():
+            return self.baseline_train
+        return self.baseline_validation
 
 
 def check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
