@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from bioattn.attention.values import compute_values
 from bioattn.data.clutter import crop_windows, make_cluttered, paste_windows
 from bioattn.data.imageset import ImageSet
-from bioattn.errors import CategoryError, ConfigError, LayerError
+from bioattn.errors import CategoryError, ConfigError, DataError, LayerError
 from bioattn.mechanisms.common import (
+    FreshTasks,
     cued_logits,
     cued_set,
     holdout_split,
@@ -462,6 +463,43 @@ def test_resumed_ram_training_equals_uninterrupted(setup, tmp_path) -> None:
         train_ram(
             fresh(), data, Budget(5, 4), options=RunOptions(tmp_path / "b.pt", progress=False)
         )
+
+
+def test_fresh_tasks_are_new_every_step_and_seeded(setup) -> None:
+    _network, _detectors, train, _test = setup
+    stream = FreshTasks(train, CATEGORIES, "array", CATEGORIES, per_class=3, seed=1)
+    first, second = stream.batch(0), stream.batch(1)
+    assert len(first) == 6 and first.image_type == "array"
+    assert bool((first.category == 0).all()) and bool((second.category == 1).all())
+    assert first.is_target.tolist() == [True] * 3 + [False] * 3
+    torch.testing.assert_close(stream.batch(0).images, first.images, rtol=0, atol=0)
+    later = stream.batch(len(CATEGORIES))  # the same category again, other stimuli
+    assert bool((later.category == 0).all()) and not torch.equal(later.images, first.images)
+    with pytest.raises(DataError, match="training images"):
+        FreshTasks(_test, CATEGORIES, "array", CATEGORIES)
+
+
+def test_ram_on_fresh_tasks_resumes_to_the_same_model(setup, tmp_path) -> None:
+    _network, _detectors, train, _test = setup
+    stream = FreshTasks(train, CATEGORIES, "array", CATEGORIES, per_class=2)
+
+    def fresh() -> RecurrentAttentionModel:
+        torch.manual_seed(1)
+        return RecurrentAttentionModel(1, 5, 5, TINY_RAM)
+
+    whole = fresh()
+    train_ram(
+        whole, stream, Budget(4, 8, 1e-2), options=RunOptions(tmp_path / "a.pt", progress=False)
+    )
+    part = fresh()
+    options = RunOptions(tmp_path / "b.pt", 1, False, stop_after=2)
+    train_ram(part, stream, Budget(4, 8, 1e-2), options=options)
+    resumed = fresh()
+    train_ram(
+        resumed, stream, Budget(4, 8, 1e-2), options=RunOptions(tmp_path / "b.pt", progress=False)
+    )
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_resumed_soft_attention_training_equals_uninterrupted(setup, tmp_path) -> None:

@@ -39,6 +39,8 @@ from bioattn.models.network import LayerInfo, Network
 #: Offset of the seeds of training pools (test sets use ``seed * 7919 + k``, gradient values
 #: ``10_000 + …``), so pools never coincide with other sets even on the same split.
 POOL_SEED = 50_000
+#: Base seed of :class:`FreshTasks` streams (apart from pools and test sets).
+FRESH_SEED = 70_000_000
 
 T = TypeVar("T")
 
@@ -93,6 +95,58 @@ def cued_set(tasks: Sequence[TaskSet], categories: Sequence[str]) -> CuedSet:
         tuple(categories),
         types.pop(),
     )
+
+
+@dataclass(frozen=True)
+class FreshTasks:
+    """A stream of new cued task sets from training images: step ``t`` draws ``per_class``
+    positives and as many negatives for category ``categories[t % K]`` (seeded by the run's
+    seed and ``t``), so a model never sees the same training stimulus twice.
+
+    For models that learn from pixels (RAM), a fixed pool of a few hundred composites per
+    category is memorised rather than generalised from; a stream removes that.
+    """
+
+    images: ImageSet
+    categories: tuple[str, ...]
+    image_type: str
+    detector_categories: tuple[str, ...]
+    per_class: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.images.split != "train":
+            raise DataError(
+                f"fresh training tasks come from training images only, got split "
+                f"{self.images.split!r}"
+            )
+        if self.per_class < 1 or not self.categories:
+            raise ConfigError(
+                f"fresh tasks need categories and per_class >= 1, got {self.per_class}"
+            )
+
+    def batch(self, step: int) -> CuedSet:
+        """The cued set of training step ``step``."""
+        category = self.categories[step % len(self.categories)]
+        task = make_task_set(
+            self.images,
+            category,
+            self.image_type,
+            n_pos=self.per_class,
+            n_neg=self.per_class,
+            seed=FRESH_SEED + 1_000_003 * int(self.seed) + int(step),
+        )
+        return cued_set([task], self.detector_categories)
+
+    def describe(self) -> dict[str, object]:
+        """Settings that define the stream (for checkpoint keys)."""
+        return {
+            "fresh": True,
+            "categories": list(self.categories),
+            "image_type": self.image_type,
+            "per_class": self.per_class,
+            "seed": self.seed,
+        }
 
 
 def holdout_split(images: ImageSet, fraction: float, seed: int = 0) -> tuple[ImageSet, ImageSet]:

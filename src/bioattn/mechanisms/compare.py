@@ -25,7 +25,9 @@ choice a mechanism makes is fitted on training images only:
                    with SNES as in Stollenga et al. (:mod:`.snes`)
 ``soft-spatial``   softmax weighting over positions of one layer (:mod:`.soft_spatial`)
 ``ram``            hard spatial attention, a recurrent attention model trained from scratch
-                   with REINFORCE on the pixels (:mod:`.ram`); not the default network
+                   with REINFORCE on the pixels (:mod:`.ram`); not the default network;
+                   trained on fresh training stimuli every step (``ram_fresh``,
+                   :class:`~bioattn.mechanisms.common.FreshTasks`), not the training pool
 =================  ========================================================================
 
 dasNet, soft spatial attention and RAM train on a larger *training pool* of cued questions
@@ -76,6 +78,7 @@ from bioattn.experiments.runfolder import write_run_config
 from bioattn.experiments.sweep import COARSE_BETAS, SweepConfig, build_test_sets
 from bioattn.mechanisms.common import (
     CuedSet,
+    FreshTasks,
     cued_set,
     evaluate_in_batches,
     holdout_split,
@@ -163,7 +166,8 @@ class CompareConfig:
     dasnet_layers: tuple[str, ...] | None = None
     feedback_steps: int = 2
     ram: RAMConfig = RAMConfig(n_glimpses=4, glimpse_hidden=64, hidden=128)
-    ram_budget: Budget = Budget(400, 32, 1e-3)
+    ram_budget: Budget = Budget(40_000, 32, 1e-3)
+    ram_fresh: bool = True
     soft_budget: Budget = Budget(150, 32, 3e-3)
     dasnet_budget: Budget = Budget(60, 32, 3e-3)
     dasnet_snes_budget: Budget = Budget(100, 64, 1.0)
@@ -754,9 +758,19 @@ def compare_mechanisms(
         # hard spatial attention (RAM)
         with _seeded(config.seed):
             ram = RecurrentAttentionModel(train.images.shape[1], k_all, k_all, config.ram)
+        ram_data: CuedSet | FreshTasks = pool
+        if config.ram_fresh:  # new training stimuli every step: a fixed pool is memorised
+            ram_data = FreshTasks(
+                train,
+                tuple(categories),
+                image_type,
+                tuple(detectors.categories),
+                per_class=max(1, config.ram_budget.batch_size // 2),
+                seed=config.seed,
+            )
         log = train_ram(
             ram,
-            pool,
+            ram_data,
             config.ram_budget,
             config.seed,
             _options(config, folder / f"{image_type}_ram.pt", progress),

@@ -30,7 +30,13 @@ from torch import nn
 
 from bioattn.data.imageset import ImageSet
 from bioattn.errors import ConfigError
-from bioattn.mechanisms.common import CuedSet, batched, detection_loss, plot_image_row
+from bioattn.mechanisms.common import (
+    CuedSet,
+    FreshTasks,
+    batched,
+    detection_loss,
+    plot_image_row,
+)
 from bioattn.mechanisms.glimpse import glimpse_sensor, location_to_pixels, patch_sizes
 from bioattn.mechanisms.training import (
     Budget,
@@ -166,24 +172,33 @@ def _cued_pass(
 
 def train_ram(
     model: RecurrentAttentionModel,
-    data: CuedSet | ImageSet,
+    data: CuedSet | FreshTasks | ImageSet,
     budget: Budget,
     seed: int = 0,
     options: RunOptions = RunOptions(),
 ) -> TrainingLog:
-    """Train ``model`` on cued detection (a :class:`CuedSet`) or classification (an ImageSet)."""
+    """Train ``model`` on cued detection (a fixed :class:`CuedSet`, or a :class:`FreshTasks`
+    stream: new stimuli every step, ``budget.batch_size`` ignored) or classification (an
+    ImageSet)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=budget.learning_rate)
-    cued = isinstance(data, CuedSet)
+    fresh = isinstance(data, FreshTasks)
+    cued = fresh or isinstance(data, CuedSet)
 
     def step(index: int) -> dict[str, float]:
         generator = step_generator(seed, index)
-        order = torch.randperm(len(data), generator=generator)[: budget.batch_size]
-        if cued:
+        if fresh:
+            batch = data.batch(index)
+            out, logit = _cued_pass(model, batch, generator)
+            task_loss = detection_loss(logit, batch.is_target)
+            rewards = ((logit > 0) == batch.is_target).to(logit.dtype)
+        elif cued:
+            order = torch.randperm(len(data), generator=generator)[: budget.batch_size]
             batch = data.subset(order)
             out, logit = _cued_pass(model, batch, generator)
             task_loss = detection_loss(logit, batch.is_target)
             rewards = ((logit > 0) == batch.is_target).to(logit.dtype)
         else:
+            order = torch.randperm(len(data), generator=generator)[: budget.batch_size]
             labels = data.labels[order]
             out = model(data.images[order], None, generator)
             task_loss = F.cross_entropy(out.logits, labels)
@@ -200,9 +215,15 @@ def train_ram(
         "task": "detect" if cued else "classify",
         "config": asdict(model.config),
         "budget": {"batch_size": budget.batch_size, "learning_rate": budget.learning_rate},
-        "n": len(data),
+        "n": data.describe() if fresh else len(data),
         "seed": seed,
     }
+    if fresh:
+        tensors: tuple[torch.Tensor, ...] = (data.images.images, data.images.labels)
+    elif cued:
+        tensors = (data.images, data.category, data.is_target)
+    else:
+        tensors = (data.images, data.labels)
     model.train()
     log = train_loop(
         {"model": model},
@@ -212,7 +233,7 @@ def train_ram(
         settings,
         "RAM " + ("detection" if cued else "classification"),
         options,
-        data=(data.images, data.category, data.is_target) if cued else (data.images, data.labels),
+        data=tensors,
     )
     model.eval()
     return log
