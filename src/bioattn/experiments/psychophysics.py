@@ -336,7 +336,8 @@ def cueing_figure(table: pd.DataFrame) -> Figure:
     means = mean_and_sem(table, ["method", "beta"], ["performance", "dprime", "criterion"])
     fig = Figure(figsize=(11, 3.6), layout="constrained")
     axes = fig.subplots(1, 3)
-    colors = method_colors(c for c in CUE_TYPES if c in set(means["method"]))
+    shown = set(means["method"])
+    colors = method_colors(c for c in CUE_TYPES if c in shown)
     for ax, column, label in zip(
         axes,
         ["performance", "dprime", "criterion"],

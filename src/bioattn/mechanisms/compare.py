@@ -677,11 +677,12 @@ def compare_mechanisms(
             timed("fsgm-spatial", time.perf_counter() - step)
 
         # dasNet-style feedback gains: trained by backprop, and by SNES as in dasNet
-        for name, hidden, trainer in (
-            ("dasnet", 64, train_dasnet),
+        for name, hidden, budget, trainer in (
+            ("dasnet", 64, config.dasnet_budget, train_dasnet),
             (
                 "dasnet-snes",
                 config.dasnet_snes_hidden,
+                config.dasnet_snes_budget,
                 partial(
                     train_dasnet_snes,
                     population=config.dasnet_population,
@@ -699,7 +700,7 @@ def compare_mechanisms(
                 policy,
                 dasnet_layers,
                 pool,
-                config.dasnet_budget if name == "dasnet" else config.dasnet_snes_budget,
+                budget,
                 config.feedback_steps,
                 config.seed,
                 _options(config, folder / f"{image_type}_{name.replace('-', '_')}.pt", progress),

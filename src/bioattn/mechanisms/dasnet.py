@@ -144,12 +144,10 @@ def train_dasnet_snes(
 ) -> TrainingLog:
     """Train the feedback policy with SNES, as dasNet did: ``budget.steps`` generations of
     ``population`` policies (default SNES's 4 + ⌊3 ln d⌋ for d policy parameters), all scored
-    on one minibatch of ``budget.batch_size`` cued images
-    per generation (fitness: minus the cued detector's cross-entropy after ``feedback_steps``
-    rounds); ``budget.learning_rate`` is SNES's η_μ. The policy ends at the distribution's mean
-    (resumable: the distribution is checkpointed)."""
-    if feedback_steps < 1:
-        raise ConfigError(f"feedback_steps must be >= 1, got {feedback_steps}")
+    on one minibatch of ``budget.batch_size`` cued images per generation (fitness: minus the
+    cued detector's cross-entropy after ``feedback_steps`` rounds); ``budget.learning_rate``
+    is SNES's η_μ. The policy ends at the distribution's mean (resumable: the distribution is
+    checkpointed)."""
     distribution = SearchDistribution.of(policy, sigma)
     if population is None:
         population = default_population(distribution.mean.numel())

@@ -186,14 +186,13 @@ def train_ram(
 
     def step(index: int) -> dict[str, float]:
         generator = step_generator(seed, index)
-        if fresh:
-            batch = data.batch(index)
-            out, logit = _cued_pass(model, batch, generator)
-            task_loss = detection_loss(logit, batch.is_target)
-            rewards = ((logit > 0) == batch.is_target).to(logit.dtype)
-        elif cued:
-            order = torch.randperm(len(data), generator=generator)[: budget.batch_size]
-            batch = data.subset(order)
+        if cued:
+            if fresh:
+                batch = data.batch(index)
+            else:
+                batch = data.subset(
+                    torch.randperm(len(data), generator=generator)[: budget.batch_size]
+                )
             out, logit = _cued_pass(model, batch, generator)
             task_loss = detection_loss(logit, batch.is_target)
             rewards = ((logit > 0) == batch.is_target).to(logit.dtype)
